@@ -1,0 +1,195 @@
+"""Typed configuration: one frozen dataclass per component, loadable from TOML or YAML.
+
+A config file holds the same settings as the command line, as flat keys named like the
+flags (``image_size = 256`` or ``image-size: 256``). Unknown keys and bad values are
+configuration errors, reported with the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
+ENCODE_FORMATS = ("jpg", "webp", "png")
+PROJECT_UA = "wit-builder/0.1 (image-text dataset builder; opt-out token: wit-builder)"
+DEFAULT_OPT_OUT_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+
+
+class ConfigError(ValueError):
+    """A bad setting: the message names the setting and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    image_size: int = 256
+    resize_mode: str = "keep_ratio"
+    resize_only_if_bigger: bool = False
+    encode_format: str = "jpg"
+    encode_quality: int = 95
+    min_image_size: int = 0
+    max_aspect_ratio: float = math.inf
+    # Refused from the header, before any pixel is decoded (decompression bombs).
+    max_image_pixels: int = 89_478_485
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0:
+            raise ConfigError(f"image_size must be positive, got {self.image_size}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
+        if self.encode_format not in ENCODE_FORMATS:
+            raise ConfigError(f"encode_format must be one of {', '.join(ENCODE_FORMATS)}, got {self.encode_format!r}")
+        if not 0 <= self.encode_quality <= 100:
+            raise ConfigError(f"encode_quality must be in 0..100, got {self.encode_quality}")
+        if self.min_image_size < 0:
+            raise ConfigError(f"min_image_size must be >= 0, got {self.min_image_size}")
+        if not self.max_aspect_ratio >= 1:
+            raise ConfigError(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
+        if self.max_image_pixels <= 0:
+            raise ConfigError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    timeout: float = 10.0  # seconds: connect, each read, and the whole transfer
+    retries: int = 2  # extra attempts after the first, on connection errors, 429 and 5xx
+    backoff_base: float = 0.5  # seconds; attempt n waits base * 2**n, with full jitter
+    backoff_max: float = 30.0
+    max_retry_after: float = 60.0  # a longer Retry-After ends the retries
+    max_redirects: int = 5
+    max_bytes: int = 20_000_000
+    per_host_connections: int = 8
+    host_delay: float = 0.0  # seconds between the starts of two requests to one host
+    allow_networks: tuple[str, ...] = ()
+    respect_robots: bool = False
+    opt_out_directives: tuple[str, ...] = DEFAULT_OPT_OUT_DIRECTIVES
+    user_agent: str = PROJECT_UA
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ConfigError(f"timeout must be positive, got {self.timeout}")
+        if self.retries < 0:
+            raise ConfigError(f"retries must be >= 0, got {self.retries}")
+        if self.max_redirects < 0:
+            raise ConfigError(f"max_redirects must be >= 0, got {self.max_redirects}")
+        if self.max_bytes <= 0:
+            raise ConfigError(f"max_bytes must be positive, got {self.max_bytes}")
+        if self.per_host_connections <= 0:
+            raise ConfigError(f"per_host_connections must be positive, got {self.per_host_connections}")
+        if self.host_delay < 0 or self.backoff_base < 0 or self.backoff_max < 0:
+            raise ConfigError("host_delay, backoff_base and backoff_max must be >= 0")
+        for net in self.allow_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"allow_networks: {net!r} is not a CIDR network") from None
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    url_col: str = "url"
+    caption_col: str = "caption"
+    samples_per_shard: int = 10_000
+    processes: int = 1
+    threads: int = 32
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard <= 0:
+            raise ConfigError(f"samples_per_shard must be positive, got {self.samples_per_shard}")
+        if self.processes <= 0 or self.threads <= 0:
+            raise ConfigError("processes and threads must be positive")
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Coerce a value read from a file or argv to the type of the field's default."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list | tuple):
+            return tuple(str(v) for v in value)
+        raise ConfigError(f"{name} must be a list or a comma-separated string, got {value!r}")
+    try:
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}") from None
+    return str(value) if isinstance(default, str) else value
+
+
+def build_config(cls: type, settings: Mapping[str, Any]) -> Any:
+    """Build a (possibly nested) config dataclass from flat settings named like its fields.
+
+    Nested dataclass fields (``fetch``, ``image``) take their own fields from the same flat
+    mapping. Unknown keys raise ConfigError.
+    """
+    flat = {k.replace("-", "_"): v for k, v in settings.items()}
+    used: set[str] = set()
+
+    def make(c: type) -> Any:
+        kwargs: dict[str, Any] = {}
+        defaults = c()
+        for f in fields(c):
+            default = getattr(defaults, f.name)
+            if dataclasses.is_dataclass(default):
+                kwargs[f.name] = make(type(default))
+            elif f.name in flat and flat[f.name] is not None:
+                kwargs[f.name] = _coerce(f.name, flat[f.name], default)
+                used.add(f.name)
+        return c(**kwargs)
+
+    result = make(cls)
+    unknown = sorted(set(flat) - used - {k for k, v in flat.items() if v is None})
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    return result
+
+
+def load_settings(path: str | Path) -> dict[str, Any]:
+    """Read flat settings from a TOML or YAML file (by extension)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        else:
+            raise ConfigError(f"config file must be .toml, .yaml or .yml: {p}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot parse config file {p}: {e}") from None
+    except Exception as e:  # yaml.YAMLError without importing yaml at module level
+        if type(e).__module__.startswith("yaml"):
+            raise ConfigError(f"cannot parse config file {p}: {e}") from None
+        raise
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of settings")
+    # Sections ([fetch], [image]) are accepted and flattened: the names are unique.
+    flat: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            flat.update(v)
+        else:
+            flat[k] = v
+    return flat

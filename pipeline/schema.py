@@ -1,0 +1,54 @@
+"""Status codes and Arrow schemas shared by every stage.
+
+Every input candidate ends as exactly one ledger row carrying one of these statuses.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import pyarrow as pa
+
+
+class Status(StrEnum):
+    """Outcome of one candidate. ``success`` or the class of failure."""
+
+    SUCCESS = "success"
+    INVALID_URL = "invalid_url"  # malformed, or a scheme other than http/https
+    INVALID_CAPTION = "invalid_caption"  # empty, missing or undecodable caption text
+    BLOCKED_ADDRESS = "blocked_address"  # resolves to a non-public address not allowed
+    HTTP_ERROR = "http_error"  # a final 4xx/5xx answer
+    TIMEOUT = "timeout"  # connect, read or total deadline exceeded
+    CONNECTION_ERROR = "connection_error"  # DNS, refused, reset, truncated body
+    TOO_MANY_REDIRECTS = "too_many_redirects"
+    TOO_LARGE = "too_large"  # bytes over the cap, or pixels over the cap (bombs)
+    NOT_IMAGE = "not_image"  # the body is not a recognised image format
+    DECODE_ERROR = "decode_error"  # an image header, but the pixels cannot be decoded
+    TOO_SMALL = "too_small"  # smaller than --min-image-size
+    BAD_ASPECT_RATIO = "bad_aspect_ratio"  # beyond --max-aspect-ratio
+    OPT_OUT = "opt_out"  # X-Robots-Tag noai/noimageai, or robots.txt disallows
+
+
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
+
+# One row per input row, written per shard under DIR/ledger/NNNNN.parquet.
+LEDGER_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("row_index", pa.int64(), nullable=False),
+        pa.field("url", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_message", pa.string()),
+        pa.field("http_status", pa.int32()),
+        pa.field("attempts", pa.int32()),
+        pa.field("final_url", pa.string()),
+        pa.field("num_bytes", pa.int64()),
+        pa.field("sha256", pa.string()),
+        pa.field("original_width", pa.int32()),
+        pa.field("original_height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+    ]
+)
