@@ -42,9 +42,13 @@ class ImageConfig:
         if self.image_size <= 0:
             raise ConfigError(f"image_size must be positive, got {self.image_size}")
         if self.resize_mode not in RESIZE_MODES:
-            raise ConfigError(f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}")
+            raise ConfigError(
+                f"resize_mode must be one of {', '.join(RESIZE_MODES)}, got {self.resize_mode!r}"
+            )
         if self.encode_format not in ENCODE_FORMATS:
-            raise ConfigError(f"encode_format must be one of {', '.join(ENCODE_FORMATS)}, got {self.encode_format!r}")
+            raise ConfigError(
+                f"encode_format must be one of {', '.join(ENCODE_FORMATS)}, got {self.encode_format!r}"
+            )
         if not 0 <= self.encode_quality <= 100:
             raise ConfigError(f"encode_quality must be in 0..100, got {self.encode_quality}")
         if self.min_image_size < 0:
@@ -57,7 +61,8 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class FetchConfig:
-    timeout: float = 10.0  # seconds: connect, each read, and the whole transfer
+    timeout: float = 10.0  # seconds: connect, and each read
+    total_timeout: float = 0.0  # seconds for one attempt, all hops; 0 means 3 x timeout
     retries: int = 2  # extra attempts after the first, on connection errors, 429 and 5xx
     backoff_base: float = 0.5  # seconds; attempt n waits base * 2**n, with full jitter
     backoff_max: float = 30.0
@@ -81,7 +86,9 @@ class FetchConfig:
         if self.max_bytes <= 0:
             raise ConfigError(f"max_bytes must be positive, got {self.max_bytes}")
         if self.per_host_connections <= 0:
-            raise ConfigError(f"per_host_connections must be positive, got {self.per_host_connections}")
+            raise ConfigError(
+                f"per_host_connections must be positive, got {self.per_host_connections}"
+            )
         if self.host_delay < 0 or self.backoff_base < 0 or self.backoff_max < 0:
             raise ConfigError("host_delay, backoff_base and backoff_max must be >= 0")
         for net in self.allow_networks:
@@ -193,3 +200,81 @@ def load_settings(path: str | Path) -> dict[str, Any]:
         else:
             flat[k] = v
     return flat
+
+
+# Help text for every setting, shared by every entry point that exposes them as flags.
+HELP: dict[str, str] = {
+    "url_col": "input column holding the image URL (default: url)",
+    "caption_col": "input column holding the caption (default: caption)",
+    "samples_per_shard": "input rows per shard (default: 10000)",
+    "processes": "worker processes, one shard each at a time (default: 1)",
+    "threads": "fetch threads per process (default: 32)",
+    "timeout": "seconds to connect and for each read (default: 10)",
+    "total_timeout": "seconds for one attempt including redirects; 0 = 3 x timeout (default: 0)",
+    "retries": "extra attempts on connection errors, 429 and 5xx (default: 2)",
+    "backoff_base": "first backoff in seconds, doubled each retry, with full jitter (default: 0.5)",
+    "backoff_max": "longest backoff in seconds (default: 30)",
+    "max_retry_after": "a longer Retry-After gives up instead of waiting (default: 60)",
+    "max_redirects": "redirects followed per URL, each hop re-checked (default: 5)",
+    "max_bytes": "bytes per image, enforced while streaming (default: 20000000)",
+    "per_host_connections": "simultaneous requests per host and process (default: 8)",
+    "host_delay": "seconds between the starts of two requests to one host (default: 0)",
+    "allow_networks": "comma-separated CIDRs of non-public addresses that may be fetched, "
+    "e.g. 127.0.0.0/8 (default: none; loopback, private, link-local, multicast and "
+    "reserved addresses are refused)",
+    "respect_robots": "honour robots.txt, fetched once per host and cached (default: false)",
+    "opt_out_directives": "X-Robots-Tag directives that refuse an image "
+    "(default: noai,noimageai,noindex,noimageindex)",
+    "user_agent": "User-Agent header (default names the project and its opt-out token)",
+    "image_size": "target size in pixels for the resize mode (default: 256)",
+    "resize_mode": "no | keep_ratio | keep_ratio_largest | center_crop | border (default: keep_ratio)",
+    "resize_only_if_bigger": "never upscale (default: false)",
+    "encode_format": "jpg | webp | png (default: jpg)",
+    "encode_quality": "JPEG/WebP quality 0-100 (default: 95)",
+    "min_image_size": "refuse images whose smaller side is below this (default: 0)",
+    "max_aspect_ratio": "refuse images with a larger long/short side ratio (default: inf)",
+    "max_image_pixels": "refuse images with more pixels, read from the header before decoding "
+    "(default: 89478485)",
+}
+
+
+def iter_settings(cls: type) -> list[tuple[str, Any]]:
+    """(name, default) of every leaf setting of a (nested) config dataclass."""
+    out: list[tuple[str, Any]] = []
+    defaults = cls()
+    for f in fields(cls):
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            out.extend(iter_settings(type(value)))
+        else:
+            out.append((f.name, value))
+    return out
+
+
+def add_setting_flags(parser: Any, cls: type) -> None:
+    """Add one ``--flag`` per setting of ``cls``; unset flags stay None (the file decides)."""
+    for name, default in iter_settings(cls):
+        flag = "--" + name.replace("_", "-")
+        help_text = HELP.get(name, name)
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag,
+                dest=name,
+                default=None,
+                nargs="?",
+                const="true",
+                metavar="BOOL",
+                help=help_text,
+            )
+        else:
+            metavar = "CIDR,..." if name == "allow_networks" else name.upper().split("_")[-1]
+            parser.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
+
+
+def settings_from_args(args: Any, cls: type) -> dict[str, Any]:
+    """Flags that were given, as flat settings, to lay over a config file's."""
+    return {
+        name: getattr(args, name)
+        for name, _ in iter_settings(cls)
+        if getattr(args, name, None) is not None
+    }

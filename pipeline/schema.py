@@ -14,6 +14,7 @@ class Status(StrEnum):
     """Outcome of one candidate. ``success`` or the class of failure."""
 
     SUCCESS = "success"
+    INVALID_ROW = "invalid_row"  # the input row itself cannot be parsed (bad CSV/JSON line)
     INVALID_URL = "invalid_url"  # malformed, or a scheme other than http/https
     INVALID_CAPTION = "invalid_caption"  # empty, missing or undecodable caption text
     BLOCKED_ADDRESS = "blocked_address"  # resolves to a non-public address not allowed

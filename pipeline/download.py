@@ -1,0 +1,69 @@
+"""python -m pipeline.download --input FILE --output DIR: a pair list to WebDataset shards.
+
+Every input row ends as exactly one ledger row (DIR/ledger/*.parquet) with a status;
+every success as one sample in DIR/shards/NNNNN.tar. Reruns skip committed shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pipeline.config import (
+    ConfigError,
+    DownloadConfig,
+    add_setting_flags,
+    build_config,
+    load_settings,
+    settings_from_args,
+)
+from pipeline.sources.pairs import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m pipeline.download",
+        description="Download the images of a pair list (Parquet, CSV, TSV, JSONL) into WebDataset "
+        "tar shards + Parquet (img2dataset layout), with a ledger row for every input row.",
+    )
+    p.add_argument("--input", required=True, help="pair list: .parquet, .csv, .tsv or .jsonl")
+    p.add_argument("--output", required=True, help="output directory (reruns resume it)")
+    p.add_argument("--config", help="TOML or YAML file with the same settings as the flags")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_setting_flags(p, DownloadConfig)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> DownloadConfig:
+    settings = load_settings(args.config) if args.config else {}
+    settings.update(settings_from_args(args, DownloadConfig))
+    return build_config(DownloadConfig, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.engine import run_download, summary_text
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(args)
+        summary = run_download(args.input, args.output, config, show_progress=not args.no_progress)
+    except (ConfigError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_text(summary.stats))
+    if not summary.ok:
+        for sid, err in sorted(summary.failed_shards.items()):
+            print(f"error: shard {sid} failed: {err} (rerun to retry it)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

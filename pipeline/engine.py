@@ -1,0 +1,532 @@
+"""The single-machine download engine: a pair list in, committed shards and a ledger out.
+
+``plan`` splits the input into deterministic shards; ``process_shard(shard_id, ...)`` does
+one shard (fetch, check, resize, encode, write, commit) in plain Python, so the Spark
+job can distribute the very same function; ``run_download`` runs all pending shards on
+local processes with a progress bar and merges their stats.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import fcntl
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import DownloadConfig
+from pipeline.fetch.client import Fetcher, parse_target, sha256_hex
+from pipeline.fetch.guard import Resolver
+from pipeline.images.process import process_image
+from pipeline.schema import STATUSES, Status
+from pipeline.shards.layout import OutputLayout, make_key
+from pipeline.shards.writer import ShardWriter, dumps, write_json_atomic
+from pipeline.sources.pairs import InputError, PairRow, read_pairs
+from pipeline.stats.counters import Counters, format_table
+
+PLAN_SCHEMA = pa.schema(
+    [
+        ("row_index", pa.int64()),
+        ("url", pa.string()),
+        ("caption", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("extra", pa.string()),  # JSON object of the input's other columns
+    ]
+)
+_FETCH_STAGE = frozenset(
+    {
+        Status.INVALID_URL,
+        Status.BLOCKED_ADDRESS,
+        Status.HTTP_ERROR,
+        Status.TIMEOUT,
+        Status.CONNECTION_ERROR,
+        Status.TOO_MANY_REDIRECTS,
+        Status.OPT_OUT,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    n_rows: int
+    n_shards: int
+    rows_per_shard: tuple[int, ...]
+
+
+@dataclass
+class RunSummary:
+    stats: dict[str, Any]
+    failed_shards: dict[int, str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed_shards
+
+
+# ---- planning ------------------------------------------------------------------------------
+
+
+def _fingerprint(input_path: str, config: DownloadConfig) -> dict[str, Any]:
+    p = Path(input_path)
+    st = p.stat() if p.exists() else None
+    return {
+        "input": str(p.resolve()) if st else input_path,
+        "input_size": st.st_size if st else None,
+        "input_mtime_ns": st.st_mtime_ns if st else None,
+        "url_col": config.url_col,
+        "caption_col": config.caption_col,
+        "samples_per_shard": config.samples_per_shard,
+        "image": asdict(config.image),
+    }
+
+
+def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
+    """Split the input into shards under DIR/_plan, or reuse the plan a previous run made.
+
+    A plan made from another input or other settings is refused: mixing them would put
+    two datasets in one directory.
+    """
+    layout = OutputLayout(Path(output))
+    layout.make_dirs()
+    fingerprint = json.loads(json.dumps(_fingerprint(input_path, config), default=str))
+    plan_json = layout.plan_dir / "plan.json"
+    if plan_json.is_file():
+        saved = json.loads(plan_json.read_text())
+        if saved["fingerprint"] != fingerprint:
+            changed = sorted(
+                k for k in fingerprint if saved["fingerprint"].get(k) != fingerprint[k]
+            )
+            raise InputError(
+                f"{output} holds a dataset planned from a different input or settings "
+                f"({', '.join(changed)} changed): use another --output"
+            )
+        return Plan(saved["n_rows"], saved["n_shards"], tuple(saved["rows_per_shard"]))
+    rows = read_pairs(input_path, config.url_col, config.caption_col)
+    sps = config.samples_per_shard
+    sizes = []
+    for sid, start in enumerate(range(0, len(rows), sps)):
+        part = rows[start : start + sps]
+        sizes.append(len(part))
+        table = pa.Table.from_pylist([_plan_row(r) for r in part], schema=PLAN_SCHEMA)
+        tmp = layout.plan_part(sid).with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, layout.plan_part(sid))
+    result = Plan(len(rows), len(sizes), tuple(sizes))
+    write_json_atomic(
+        plan_json,
+        {
+            "fingerprint": fingerprint,
+            "n_rows": result.n_rows,
+            "n_shards": result.n_shards,
+            "rows_per_shard": sizes,
+        },
+    )
+    return result
+
+
+def _plan_row(r: PairRow) -> dict[str, Any]:
+    return {
+        "row_index": r.row_index,
+        "url": r.url,
+        "caption": r.caption,
+        "status": r.status.value if r.status else None,
+        "error_message": r.error_message,
+        "extra": dumps(r.extra) if r.extra else None,
+    }
+
+
+# ---- one shard ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Outcome:
+    ledger: dict[str, Any]
+    sample: tuple[str, bytes] | None  # (ext, bytes) on success
+    extra: dict[str, Any]
+    bytes_downloaded: int
+
+
+def _host_of(url: str | None) -> str:
+    target = parse_target(url) if url else "x"
+    return "" if isinstance(target, str) else target.origin
+
+
+def interleave_by_host(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Round-robin over hosts, so that fetch threads spread over hosts instead of queueing
+    behind one host's politeness limit. Deterministic."""
+    queues: dict[str, collections.deque] = {}
+    for r in rows:
+        queues.setdefault(_host_of(r["url"]), collections.deque()).append(r)
+    out: list[dict[str, Any]] = []
+    active = list(queues.values())
+    while active:
+        nxt = []
+        for q in active:
+            out.append(q.popleft())
+            if q:
+                nxt.append(q)
+        active = nxt
+    return out
+
+
+def _handle_row(
+    row: dict[str, Any], key: str, shard_id: int, fetcher: Fetcher, config: DownloadConfig
+) -> _Outcome:
+    extra = json.loads(row["extra"]) if row["extra"] else {}
+    ledger: dict[str, Any] = {
+        "key": key,
+        "shard": shard_id,
+        "row_index": row["row_index"],
+        "url": row["url"],
+        "caption": row["caption"],
+        "status": row["status"],
+        "error_message": row["error_message"],
+    }
+    if row["status"]:
+        return _Outcome(ledger, None, extra, 0)
+    fetched = fetcher.fetch(row["url"])
+    ledger.update(
+        http_status=fetched.http_status, attempts=fetched.attempts, final_url=fetched.final_url
+    )
+    if not fetched.ok:
+        ledger.update(status=fetched.status.value, error_message=fetched.error_message)
+        return _Outcome(ledger, None, extra, 0)
+    data = fetched.data or b""
+    image = process_image(data, config.image)
+    ledger.update(
+        num_bytes=len(data),
+        sha256=sha256_hex(data),
+        original_width=image.original_width,
+        original_height=image.original_height,
+        status=image.status.value,
+        error_message=image.error_message,
+    )
+    if image.status is not Status.SUCCESS:
+        return _Outcome(ledger, None, extra, len(data))
+    ledger.update(width=image.width, height=image.height)
+    return _Outcome(ledger, (image.ext, image.data), extra, len(data))
+
+
+def process_shard(
+    shard_id: int,
+    output: str | Path,
+    config: DownloadConfig,
+    progress: Callable[[int], None] | None = None,
+    resolver: Resolver | None = None,
+) -> dict[str, Any]:
+    """Download one planned shard and commit it. Idempotent: a committed shard is skipped.
+
+    Returns the shard's stats (also written as NNNNN_stats.json, the commit marker).
+    """
+    layout = OutputLayout(Path(output))
+    if layout.is_committed(shard_id):
+        stats = json.loads(layout.shard_stats(shard_id).read_text())
+        return {**stats, "skipped": True}
+    rows = pq.read_table(layout.plan_part(shard_id)).to_pylist()
+    first_index = rows[0]["row_index"] if rows else 0
+    sps = config.samples_per_shard
+    start = time.time()
+    fetcher = Fetcher(config.fetch, resolver=resolver)
+    writer = ShardWriter(layout, shard_id)
+    outcomes: list[_Outcome] = []
+    try:
+        window = config.threads * 4  # bounds the bytes held in memory at once
+        with cf.ThreadPoolExecutor(config.threads, thread_name_prefix=f"shard{shard_id}") as pool:
+            pending: set[cf.Future] = set()
+            todo: Iterator[dict[str, Any]] = iter(interleave_by_host(rows))
+
+            def submit_more() -> None:
+                while len(pending) < window:
+                    row = next(todo, None)
+                    if row is None:
+                        return
+                    key = make_key(shard_id, row["row_index"] - first_index, sps)
+                    pending.add(pool.submit(_handle_row, row, key, shard_id, fetcher, config))
+
+            submit_more()
+            while pending:
+                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                for fut in done:
+                    pending.discard(fut)
+                    outcome = fut.result()
+                    outcomes.append(outcome)
+                    if outcome.sample is not None:
+                        ext, data = outcome.sample
+                        led = outcome.ledger
+                        writer.add(
+                            led["key"], ext, data, led["caption"], _sample_meta(led, outcome.extra)
+                        )
+                        outcome.sample = (ext, b"")  # written: free the bytes
+                if progress is not None:
+                    progress(len(done))
+                submit_more()
+        outcomes.sort(key=lambda o: o.ledger["row_index"])
+        stats = _shard_stats(shard_id, outcomes, writer, start, fetcher)
+        writer.commit(_shard_rows(outcomes), [o.ledger for o in outcomes], stats)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        fetcher.close()
+    return stats
+
+
+def _sample_meta(ledger: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: ledger.get(k) for k in ("key", "url", "caption", "status", "error_message")}
+    meta.update(
+        {
+            k: ledger.get(k)
+            for k in (
+                "width",
+                "height",
+                "original_width",
+                "original_height",
+                "sha256",
+                "num_bytes",
+                "http_status",
+            )
+        }
+    )
+    for k, v in extra.items():
+        meta.setdefault(k, v)
+    return meta
+
+
+def _shard_rows(outcomes: list[_Outcome]) -> list[dict[str, Any]]:
+    extra_cols: dict[str, None] = {}
+    for o in outcomes:
+        for k in o.extra:
+            extra_cols.setdefault(k, None)
+    rows = []
+    for o in outcomes:
+        row = _sample_meta(o.ledger, {})
+        for k in extra_cols:
+            if k not in row:
+                row[k] = o.extra.get(k)
+        rows.append(row)
+    return rows
+
+
+def _shard_stats(
+    shard_id: int, outcomes: list[_Outcome], writer: ShardWriter, start: float, fetcher: Fetcher
+) -> dict[str, Any]:
+    counts = collections.Counter(o.ledger["status"] for o in outcomes)
+    end = time.time()
+    successes = counts.get(Status.SUCCESS.value, 0)
+    failed_download = sum(v for k, v in counts.items() if k in _FETCH_STAGE)
+    return {
+        "shard": shard_id,
+        "count": len(outcomes),
+        "successes": successes,
+        # img2dataset's names, so tools that read its stats read ours
+        "failed_to_download": failed_download,
+        "failed_to_resize": len(outcomes) - successes - failed_download,
+        "status_dict": dict(sorted(counts.items())),
+        "bytes_downloaded": sum(o.bytes_downloaded for o in outcomes),
+        "bytes_written": writer.bytes_written,
+        "retries": sum(max(0, (o.ledger.get("attempts") or 1) - 1) for o in outcomes),
+        "robots_fetches": fetcher.robots_fetches,
+        "start_time": start,
+        "end_time": end,
+        "duration": end - start,
+    }
+
+
+# ---- the whole run ---------------------------------------------------------------------------
+
+_progress_counter: Any = None
+
+
+def _init_worker(counter: Any) -> None:
+    global _progress_counter
+    _progress_counter = counter
+
+
+def _worker_progress(n: int) -> None:
+    with _progress_counter.get_lock():
+        _progress_counter.value += n
+
+
+def _process_shard_in_worker(shard_id: int, output: str, config: DownloadConfig) -> dict[str, Any]:
+    return process_shard(shard_id, output, config, progress=_worker_progress)
+
+
+class _RunLock:
+    """One run writes to an output directory at a time."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / ".lock"
+
+    def __enter__(self) -> _RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "w")
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._f.close()
+            raise InputError(f"another run is writing to {self.path.parent}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._f.close()
+
+
+def merge_stats(layout: OutputLayout, n_shards: int) -> dict[str, Any]:
+    """Sum the committed shards' stats: counts add, rates are computed on the sums."""
+    total = Counters()
+    committed = 0
+    for sid in range(n_shards):
+        if not layout.is_committed(sid):
+            continue
+        s = json.loads(layout.shard_stats(sid).read_text())
+        committed += 1
+        part = Counters.from_dict({f"status.{k}": v for k, v in s["status_dict"].items()})
+        part.add("rows", s["count"])
+        part.add("bytes_downloaded", s["bytes_downloaded"])
+        part.add("bytes_written", s["bytes_written"])
+        part.add("retries", s.get("retries", 0))
+        total = total + part
+    status_counts = {k: total[f"status.{k}"] for k in STATUSES if total[f"status.{k}"]}
+    rows = total["rows"]
+    return {
+        "shards": n_shards,
+        "shards_committed": committed,
+        "rows": rows,
+        "successes": status_counts.get("success", 0),
+        "success_rate": (status_counts.get("success", 0) / rows) if rows else None,
+        "status_counts": status_counts,
+        "bytes_downloaded": total["bytes_downloaded"],
+        "bytes_written": total["bytes_written"],
+        "retries": total["retries"],
+    }
+
+
+def run_download(
+    input_path: str,
+    output: str | Path,
+    config: DownloadConfig,
+    show_progress: bool = True,
+    resolver: Resolver | None = None,
+) -> RunSummary:
+    """Plan, then download every shard not yet committed; write DIR/stats.json."""
+    from tqdm import tqdm
+
+    root = Path(output)
+    layout = OutputLayout(root)
+    with _RunLock(root):
+        the_plan = plan(input_path, root, config)
+        shutil.rmtree(layout.tmp_dir, ignore_errors=True)  # what a killed run left half-written
+        pending = [sid for sid in range(the_plan.n_shards) if not layout.is_committed(sid)]
+        done_rows = the_plan.n_rows - sum(the_plan.rows_per_shard[s] for s in pending)
+        todo_rows = the_plan.n_rows - done_rows
+        failed: dict[int, str] = {}
+        bar = tqdm(
+            total=the_plan.n_rows,
+            initial=done_rows,
+            unit="img",
+            desc="download",
+            disable=not show_progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        start = time.perf_counter()
+        processes = min(config.processes, max(1, len(pending)))
+        if processes == 1:
+            for sid in pending:
+                try:
+                    process_shard(sid, root, config, progress=bar.update, resolver=resolver)
+                except Exception as e:  # a bug in one shard must not take the others with it
+                    failed[sid] = f"{type(e).__name__}: {e}"
+        else:
+            failed = _run_pool(pending, str(root), config, processes, bar)
+        elapsed = time.perf_counter() - start
+        bar.close()
+        stats = merge_stats(layout, the_plan.n_shards)
+        stats.update(
+            {
+                "elapsed_s": round(elapsed, 3),
+                "rows_this_run": todo_rows,
+                "rows_per_second": round(todo_rows / elapsed, 2)
+                if elapsed > 0 and todo_rows
+                else None,
+                "failed_shards": {str(k): v for k, v in failed.items()},
+                "config": asdict(config),
+            }
+        )
+        write_json_atomic(layout.stats_path, stats)
+        return RunSummary(stats, failed)
+
+
+def _run_pool(
+    pending: list[int], output: str, config: DownloadConfig, processes: int, bar: Any
+) -> dict[int, str]:
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("q", 0)
+    failed: dict[int, str] = {}
+    stop = threading.Event()
+
+    def poll() -> None:
+        last = 0
+        while not stop.wait(0.2):
+            value = counter.value
+            bar.update(value - last)
+            last = value
+        bar.update(counter.value - last)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        with cf.ProcessPoolExecutor(
+            processes, mp_context=ctx, initializer=_init_worker, initargs=(counter,)
+        ) as pool:
+            futures = {
+                pool.submit(_process_shard_in_worker, sid, output, config): sid for sid in pending
+            }
+            for fut in cf.as_completed(futures):
+                try:
+                    fut.result()
+                except Exception as e:
+                    failed[futures[fut]] = f"{type(e).__name__}: {e}"
+    finally:
+        stop.set()
+        poller.join()
+    return failed
+
+
+def summary_text(stats: dict[str, Any]) -> str:
+    rows = stats["rows"]
+    counts = sorted(stats["status_counts"].items(), key=lambda kv: (-kv[1], kv[0]))
+    table = format_table(counts, rows, "status")
+    rate = stats.get("rows_per_second")
+    lines = [
+        table,
+        f"shards: {stats['shards_committed']}/{stats['shards']} committed; "
+        f"downloaded {stats['bytes_downloaded'] / 1e6:.1f} MB, wrote {stats['bytes_written'] / 1e6:.1f} MB; "
+        f"retries {stats['retries']}",
+    ]
+    if rate:
+        lines.append(
+            f"this run: {stats['rows_this_run']:,} rows in {stats['elapsed_s']:.1f}s = {rate:,.1f} rows/s"
+        )
+    return "\n".join(lines)
+
+
+def ledger_rows(output: str | Path) -> Iterable[dict[str, Any]]:
+    """Every ledger row of a run, for inspection and tests."""
+    layout = OutputLayout(Path(output))
+    for path in sorted(layout.ledger_dir.glob("*.parquet")):
+        yield from pq.read_table(path).to_pylist()

@@ -1,0 +1,207 @@
+"""Pair lists: (url, caption) rows from Parquet, CSV, TSV or JSON Lines.
+
+Reading never drops a row silently: a row that cannot be parsed, or whose url or caption
+is missing or not valid text, comes back as a ``PairRow`` carrying the status it will
+have in the ledger. A file that cannot be read at all (missing, empty, unknown format,
+missing column) raises ``InputError`` with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from pipeline.schema import Status
+
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+
+class InputError(ValueError):
+    """The input file as a whole is unusable; the message is one line for the user."""
+
+
+@dataclass(slots=True)
+class PairRow:
+    row_index: int
+    url: str | None
+    caption: str | None
+    status: Status | None = None  # set when the row is already known to fail
+    error_message: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def detect_format(path: str) -> str:
+    name = path.lower()
+    for suffix in (".gz", ".bz2", ".zst", ".xz"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    for ext, fmt in FORMATS.items():
+        if name.endswith(ext):
+            return fmt
+    raise InputError(
+        f"cannot tell the format of {path}: expected one of {', '.join(sorted(FORMATS))} "
+        "(optionally compressed .gz/.bz2/.xz/.zst)"
+    )
+
+
+def _text(value: Any, what: str) -> tuple[str | None, str | None]:
+    """A cell as text, or (None, why not)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, f"{what} is missing"
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"{what} is not valid UTF-8 ({e.reason} at byte {e.start})"
+    if not isinstance(value, str):
+        value = str(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, f"{what} is not valid UTF-8 text"
+    return value, None
+
+
+def make_row(index: int, raw: dict[str, Any], url_col: str, caption_col: str) -> PairRow:
+    url, url_err = _text(raw.get(url_col), "url")
+    caption, cap_err = _text(raw.get(caption_col), "caption")
+    extra = {k: v for k, v in raw.items() if k not in (url_col, caption_col)}
+    row = PairRow(index, url, caption, extra=extra)
+    if url_err:
+        row.status, row.error_message = Status.INVALID_URL, url_err
+    elif cap_err:
+        row.status, row.error_message = Status.INVALID_CAPTION, cap_err
+    elif not caption.strip():
+        row.status, row.error_message = Status.INVALID_CAPTION, "caption is empty"
+    elif not url.strip():
+        row.status, row.error_message = Status.INVALID_URL, "url is empty"
+    return row
+
+
+def _check_columns(path: str, columns: list[str], url_col: str, caption_col: str) -> None:
+    missing = [c for c in (url_col, caption_col) if c not in columns]
+    if missing:
+        raise InputError(
+            f"{path}: column {missing[0]!r} not found; columns are: {', '.join(columns) or '(none)'} "
+            "(choose others with --url-col / --caption-col)"
+        )
+
+
+def read_pairs(path: str, url_col: str = "url", caption_col: str = "caption") -> list[PairRow]:
+    """Read every row of a pair list. Raises InputError when the file is unusable."""
+    fmt = detect_format(path)
+    try:
+        with fsspec.open(path, "rb", compression="infer") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise InputError(f"input file not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+    if not data.strip():
+        raise InputError(f"input file is empty: {path}")
+    if fmt == "parquet":
+        rows = list(_read_parquet(path, data, url_col, caption_col))
+    elif fmt in ("csv", "tsv"):
+        rows = list(
+            _read_delimited(path, data, "\t" if fmt == "tsv" else ",", url_col, caption_col)
+        )
+    else:
+        rows = list(_read_jsonl(path, data, url_col, caption_col))
+    if not rows:
+        raise InputError(f"input file has no rows: {path}")
+    return rows
+
+
+def _read_parquet(path: str, data: bytes, url_col: str, caption_col: str) -> Iterator[PairRow]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path} is not a readable Parquet file: {e}") from None
+    _check_columns(path, table.column_names, url_col, caption_col)
+    for i, raw in enumerate(table.to_pylist()):
+        yield make_row(i, raw, url_col, caption_col)
+
+
+def _read_delimited(
+    path: str, data: bytes, delimiter: str, url_col: str, caption_col: str
+) -> Iterator[PairRow]:
+    # surrogateescape keeps undecodable bytes as lone surrogates: the row survives and the
+    # bad cell is reported, instead of the whole file failing to decode.
+    text = data.decode("utf-8-sig", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as e:
+        raise InputError(f"{path}: cannot read a header line: {e}") from None
+    header = [h.strip() for h in header]
+    _check_columns(path, header, url_col, caption_col)
+    index = 0
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield PairRow(index, None, None, Status.INVALID_ROW, f"line {reader.line_num}: {e}")
+            index += 1
+            continue
+        if not cells:
+            continue  # a blank line is not a row
+        if len(cells) != len(header):
+            yield PairRow(
+                index,
+                None,
+                None,
+                Status.INVALID_ROW,
+                f"line {reader.line_num}: {len(cells)} fields, header has {len(header)}",
+            )
+        else:
+            yield make_row(index, dict(zip(header, cells, strict=True)), url_col, caption_col)
+        index += 1
+
+
+def _read_jsonl(path: str, data: bytes, url_col: str, caption_col: str) -> Iterator[PairRow]:
+    index = 0
+    seen_columns: set[str] = set()
+    for line_no, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            yield PairRow(
+                index, None, None, Status.INVALID_ROW, f"line {line_no}: not UTF-8 ({e.reason})"
+            )
+        except json.JSONDecodeError as e:
+            yield PairRow(
+                index, None, None, Status.INVALID_ROW, f"line {line_no}: invalid JSON ({e.msg})"
+            )
+        else:
+            if not isinstance(raw, dict):
+                yield PairRow(
+                    index, None, None, Status.INVALID_ROW, f"line {line_no}: not a JSON object"
+                )
+            else:
+                seen_columns.update(raw)
+                yield make_row(index, raw, url_col, caption_col)
+        index += 1
+    if seen_columns and not {url_col, caption_col} <= seen_columns:
+        _check_columns(path, sorted(seen_columns), url_col, caption_col)

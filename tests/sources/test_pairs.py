@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.schema import Status
+from pipeline.sources.pairs import InputError, read_pairs
+
+ROWS = [
+    {"url": "http://127.0.0.1/a.jpg", "caption": "a red circle", "license": "cc0"},
+    {"url": "http://127.0.0.1/b.jpg", "caption": "a blue square", "license": "cc-by"},
+]
+
+
+def _write(path: Path, rows: list[dict], fmt: str) -> Path:
+    if fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif fmt in ("csv", "tsv"):
+        sep = "\t" if fmt == "tsv" else ","
+        cols = list(rows[0])
+        lines = [sep.join(cols)] + [sep.join(str(r[c]) for c in cols) for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "tsv", "jsonl"])
+def test_every_format_reads_rows_and_keeps_extra_columns(tmp_path: Path, fmt: str) -> None:
+    path = _write(tmp_path / f"pairs.{fmt}", ROWS, fmt)
+    rows = read_pairs(str(path))
+    assert [(r.row_index, r.url, r.caption) for r in rows] == [
+        (0, ROWS[0]["url"], ROWS[0]["caption"]),
+        (1, ROWS[1]["url"], ROWS[1]["caption"]),
+    ]
+    assert [r.extra for r in rows] == [{"license": "cc0"}, {"license": "cc-by"}]
+    assert all(r.status is None for r in rows)
+
+
+def test_custom_columns(tmp_path: Path) -> None:
+    path = _write(tmp_path / "p.parquet", [{"URL": "http://127.0.0.1/x", "TEXT": "hello"}], "parquet")
+    rows = read_pairs(str(path), url_col="URL", caption_col="TEXT")
+    assert rows[0].url == "http://127.0.0.1/x" and rows[0].caption == "hello"
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_missing_column_names_it_and_lists_the_columns(tmp_path: Path, fmt: str) -> None:
+    path = _write(tmp_path / f"p.{fmt}", [{"link": "http://127.0.0.1/x", "caption": "c"}], fmt)
+    with pytest.raises(InputError, match=r"column 'url' not found; columns are: .*link"):
+        read_pairs(str(path))
+
+
+def test_unusable_files_give_one_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(InputError, match="empty"):
+        read_pairs(str(empty))
+    header_only = tmp_path / "h.csv"
+    header_only.write_text("url,caption\n")
+    with pytest.raises(InputError, match="no rows"):
+        read_pairs(str(header_only))
+    with pytest.raises(InputError, match="not found"):
+        read_pairs(str(tmp_path / "missing.parquet"))
+    unknown = tmp_path / "pairs.xlsx"
+    unknown.write_bytes(b"PK\x03\x04")
+    with pytest.raises(InputError, match="cannot tell the format"):
+        read_pairs(str(unknown))
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("url,caption\nhttp://x,y\n")
+    with pytest.raises(InputError, match="not a readable Parquet"):
+        read_pairs(str(fake))
+
+
+def test_bad_rows_become_rows_with_a_status(tmp_path: Path) -> None:
+    csv_path = tmp_path / "bad.csv"
+    csv_path.write_bytes(
+        b"url,caption\n"
+        b"http://127.0.0.1/ok.jpg,fine\n"
+        b"http://127.0.0.1/e.jpg,\n"  # empty caption
+        b"http://127.0.0.1/u.jpg,caf\xe9 latin-1\n"  # undecodable caption
+        b"http://127.0.0.1/x.jpg,too,many,fields\n"
+        b",no url\n"
+    )
+    rows = read_pairs(str(csv_path))
+    assert [(r.row_index, r.status) for r in rows] == [
+        (0, None),
+        (1, Status.INVALID_CAPTION),
+        (2, Status.INVALID_CAPTION),
+        (3, Status.INVALID_ROW),
+        (4, Status.INVALID_URL),
+    ]
+    assert "UTF-8" in rows[2].error_message
+    assert "4 fields" in rows[3].error_message
+
+
+def test_bad_jsonl_lines_are_rows(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(
+        b'{"url": "http://127.0.0.1/a", "caption": "ok"}\n'
+        b"{not json}\n"
+        b"[1, 2]\n"
+        b'{"url": "http://127.0.0.1/b", "caption": null}\n'
+        b"\n"
+        b'{"url": "http://127.0.0.1/c", "caption": "\xff\xfe"}\n'
+    )
+    rows = read_pairs(str(path))
+    assert [r.status for r in rows] == [
+        None,
+        Status.INVALID_ROW,
+        Status.INVALID_ROW,
+        Status.INVALID_CAPTION,
+        Status.INVALID_ROW,
+    ]
+
+
+def test_binary_parquet_columns_with_invalid_utf8(tmp_path: Path) -> None:
+    table = pa.table({"url": [b"http://127.0.0.1/a", b"http://127.0.0.1/b"], "caption": [b"good", b"\xff bad"]})
+    path = tmp_path / "b.parquet"
+    pq.write_table(table, path)
+    rows = read_pairs(str(path))
+    assert rows[0].status is None and rows[0].caption == "good"
+    assert rows[1].status is Status.INVALID_CAPTION
