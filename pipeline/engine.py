@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from pipeline.config import DownloadConfig
 from pipeline.fetch.client import Fetcher, parse_target, sha256_hex
 from pipeline.fetch.guard import Resolver
+from pipeline.fetch.robots import RobotsCache
 from pipeline.images.process import process_image
 from pipeline.schema import STATUSES, Status
 from pipeline.shards.layout import OutputLayout, make_key
@@ -239,7 +240,8 @@ def process_shard(
     first_index = rows[0]["row_index"] if rows else 0
     sps = config.samples_per_shard
     start = time.time()
-    fetcher = Fetcher(config.fetch, resolver=resolver)
+    robots = RobotsCache(layout.root / "_robots") if config.fetch.respect_robots else None
+    fetcher = Fetcher(config.fetch, resolver=resolver, robots=robots)
     writer = ShardWriter(layout, shard_id)
     outcomes: list[_Outcome] = []
     try:
@@ -274,7 +276,7 @@ def process_shard(
                     progress(len(done))
                 submit_more()
         outcomes.sort(key=lambda o: o.ledger["row_index"])
-        stats = _shard_stats(shard_id, outcomes, writer, start, fetcher)
+        stats = _shard_stats(shard_id, outcomes, writer, start)
         writer.commit(_shard_rows(outcomes), [o.ledger for o in outcomes], stats)
     except BaseException:
         writer.abort()
@@ -321,7 +323,7 @@ def _shard_rows(outcomes: list[_Outcome]) -> list[dict[str, Any]]:
 
 
 def _shard_stats(
-    shard_id: int, outcomes: list[_Outcome], writer: ShardWriter, start: float, fetcher: Fetcher
+    shard_id: int, outcomes: list[_Outcome], writer: ShardWriter, start: float
 ) -> dict[str, Any]:
     counts = collections.Counter(o.ledger["status"] for o in outcomes)
     end = time.time()
@@ -338,7 +340,6 @@ def _shard_stats(
         "bytes_downloaded": sum(o.bytes_downloaded for o in outcomes),
         "bytes_written": writer.bytes_written,
         "retries": sum(max(0, (o.ledger.get("attempts") or 1) - 1) for o in outcomes),
-        "robots_fetches": fetcher.robots_fetches,
         "start_time": start,
         "end_time": end,
         "duration": end - start,
@@ -353,6 +354,20 @@ _progress_counter: Any = None
 def _init_worker(counter: Any) -> None:
     global _progress_counter
     _progress_counter = counter
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive a killed run: an orphan would race the rerun's writes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
 
 
 def _worker_progress(n: int) -> None:
@@ -455,6 +470,7 @@ def run_download(
             failed = _run_pool(pending, str(root), config, processes, bar)
         elapsed = time.perf_counter() - start
         bar.close()
+        shutil.rmtree(layout.tmp_dir, ignore_errors=True)
         stats = merge_stats(layout, the_plan.n_shards)
         stats.update(
             {

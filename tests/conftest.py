@@ -40,13 +40,15 @@ def _sealed_connect_ex(self: socket.socket, address: object) -> int:
     return _real_connect_ex(self, address)
 
 
-def _sealed_getaddrinfo(host, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+def _sealed_getaddrinfo(host, *args, **kwargs):
     name = host.decode() if isinstance(host, bytes) else host
     if name not in (None, "localhost"):
         try:
             ipaddress.ip_address(str(name).split("%", 1)[0])
         except ValueError:
-            raise socket.gaierror(socket.EAI_NONAME, f"sealed test: no DNS lookup for {name}") from None
+            raise socket.gaierror(
+                socket.EAI_NONAME, f"sealed test: no DNS lookup for {name}"
+            ) from None
     return _real_getaddrinfo(host, *args, **kwargs)
 
 

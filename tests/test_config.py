@@ -10,7 +10,12 @@ from pipeline.config import ConfigError, DownloadConfig, build_config, load_sett
 def test_flat_settings_fill_nested_configs() -> None:
     cfg = build_config(
         DownloadConfig,
-        {"image-size": "64", "allow_networks": "127.0.0.0/8, 10.0.0.0/8", "respect_robots": "yes", "threads": 3},
+        {
+            "image-size": "64",
+            "allow_networks": "127.0.0.0/8, 10.0.0.0/8",
+            "respect_robots": "yes",
+            "threads": 3,
+        },
     )
     assert cfg.image.image_size == 64
     assert cfg.fetch.allow_networks == ("127.0.0.0/8", "10.0.0.0/8")
@@ -43,7 +48,11 @@ def test_toml_and_yaml_files(tmp_path: Path) -> None:
     yaml.write_text("image-size: 128\nresize-mode: center_crop\nretries: 5\n")
     for path in (toml, yaml):
         cfg = build_config(DownloadConfig, load_settings(path))
-        assert (cfg.image.image_size, cfg.image.resize_mode, cfg.fetch.retries) == (128, "center_crop", 5)
+        assert (cfg.image.image_size, cfg.image.resize_mode, cfg.fetch.retries) == (
+            128,
+            "center_crop",
+            5,
+        )
 
 
 def test_bad_config_files(tmp_path: Path) -> None:

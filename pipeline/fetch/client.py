@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pipeline.config import FetchConfig
 from pipeline.fetch.guard import AddressGuard, Resolver, system_resolver
 from pipeline.fetch.hosts import HostLimiter
+from pipeline.fetch.robots import RobotsCache
 from pipeline.schema import Status
 
 _CHUNK = 256 * 1024
@@ -136,6 +137,7 @@ class Fetcher:
         config: FetchConfig,
         resolver: Resolver | None = None,
         rng: random.Random | None = None,
+        robots: RobotsCache | None = None,
     ) -> None:
         self.config = config
         self.guard = AddressGuard.from_cidrs(config.allow_networks)
@@ -144,12 +146,10 @@ class Fetcher:
         self._rng = rng or random.Random()
         self._local = threading.local()
         self._ssl = ssl.create_default_context()
-        self._robots: dict[str, object] = {}
-        self._robots_lock = threading.Lock()  # also guards _pools
+        self.robots = robots if robots is not None else RobotsCache()
+        self._pools_lock = threading.Lock()
         self._pools: list[OrderedDict] = []  # each thread's keep-alive connections
-        self._robots_host_locks: dict[str, threading.Lock] = {}
         self._ua_token = config.user_agent.split("/", 1)[0].strip() or "*"
-        self.robots_fetches = 0
 
     # ---- public -----------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ class Fetcher:
 
     def close(self) -> None:
         """Close the idle connections of every thread that used this fetcher."""
-        with self._robots_lock:
+        with self._pools_lock:
             pools, self._pools = self._pools, []
         for conns in pools:
             for conn in list(conns.values()):
@@ -203,12 +203,17 @@ class Fetcher:
         total = cfg.total_timeout or 3 * cfg.timeout
         deadline = _Deadline(total)
         for _hop in range(cfg.max_redirects + 1):
+            # The guard first, on every hop: not even robots.txt is fetched from a refused
+            # address, and the request goes to the address that was checked.
+            address = self._resolve_checked(target)
+            if isinstance(address, FetchResult):
+                return _with_url(address, url)
             if cfg.respect_robots:
-                refusal = self._robots_refusal(target, deadline)
+                refusal = self._robots_refusal(target, address)
                 if refusal is not None:
                     return _with_url(refusal, url)
             try:
-                result, location = self._request(target, deadline)
+                result, location = self._request(target, address, deadline)
             except _TotalTimeout:
                 return FetchResult(
                     Status.TIMEOUT, f"transfer exceeded total timeout {total:g}s", final_url=url
@@ -247,7 +252,7 @@ class Fetcher:
         conns: OrderedDict | None = getattr(self._local, "conns", None)
         if conns is None:
             conns = self._local.conns = OrderedDict()
-            with self._robots_lock:
+            with self._pools_lock:
                 self._pools.append(conns)
         key = (target.scheme, target.host, target.port, address)
         conn = conns.pop(key, None)
@@ -280,11 +285,10 @@ class Fetcher:
                 if c is conn:
                     del conns[k]
 
-    def _request(self, target: _Target, deadline: _Deadline) -> tuple[FetchResult, str | None]:
-        """One GET. Returns (result, redirect location or None)."""
-        checked = self._resolve_checked(target)
-        if isinstance(checked, FetchResult):
-            return checked, None
+    def _request(
+        self, target: _Target, checked: str, deadline: _Deadline
+    ) -> tuple[FetchResult, str | None]:
+        """One GET to the guard-checked address. Returns (result, redirect location or None)."""
         headers = {
             "Host": target.host_header,
             "User-Agent": self.config.user_agent,
@@ -407,6 +411,14 @@ class Fetcher:
             ), None
         if resp.will_close:
             self._drop(conn)
+        if length is not None and length.strip().isdigit() and size < int(length):
+            # http.client's read(n) returns short at EOF instead of raising IncompleteRead.
+            self._drop(conn)
+            return FetchResult(
+                Status.CONNECTION_ERROR,
+                f"truncated body: connection closed after {size} of {int(length)} bytes",
+                http_status=code,
+            ), None
         return FetchResult(
             Status.SUCCESS, data=b"".join(chunks), http_status=code, content_type=ctype
         ), None
@@ -450,52 +462,26 @@ class Fetcher:
 
     # ---- robots.txt ----------------------------------------------------------------------
 
-    def _robots_refusal(self, target: _Target, deadline: _Deadline) -> FetchResult | None:
-        parser = self._robots_for(target, deadline)
-        if isinstance(parser, FetchResult):
-            return parser
-        path = target.path
-        if parser.can_fetch(self._ua_token, f"{target.origin}{path}"):
-            return None
-        return FetchResult(Status.OPT_OUT, f"robots.txt of {target.host_header} disallows {path}")
+    def _robots_refusal(self, target: _Target, address: str) -> FetchResult | None:
+        robots_target = _Target(target.scheme, target.host, target.port, "/robots.txt")
 
-    def _robots_for(self, target: _Target, deadline: _Deadline):
-        import urllib.robotparser
-
-        origin = target.origin
-        with self._robots_lock:
-            cached = self._robots.get(origin)
-            if cached is not None:
-                return cached
-            host_lock = self._robots_host_locks.setdefault(origin, threading.Lock())
-        with host_lock:  # one fetch per host, however many threads ask at once
-            with self._robots_lock:
-                cached = self._robots.get(origin)
-            if cached is not None:
-                return cached
-            self.robots_fetches += 1
-            robots = _Target(target.scheme, target.host, target.port, "/robots.txt")
+        def fetch_robots() -> tuple[int | None, bytes | None]:
             try:
-                result, _ = self._request(robots, _Deadline(self.config.timeout))
+                result, location = self._request(
+                    robots_target, address, _Deadline(self.config.timeout)
+                )
             except _TotalTimeout:
-                result = FetchResult(Status.TIMEOUT, "robots.txt timed out")
-            parser = urllib.robotparser.RobotFileParser()
-            if result.status is Status.BLOCKED_ADDRESS:
-                value: object = result
-            elif result.ok:
-                text = (result.data or b"")[:512_000].decode("utf-8", "replace")
-                parser.parse(text.splitlines())
-                value = parser
-            elif result.http_status is not None and 400 <= result.http_status < 500:
-                parser.parse([])  # RFC 9309: robots.txt unavailable (4xx) allows everything
-                value = parser
-            else:
-                # RFC 9309: unreachable (5xx, network) means assume complete disallow.
-                parser.parse(["User-agent: *", "Disallow: /"])
-                value = parser
-            with self._robots_lock:
-                self._robots[origin] = value
-            return value
+                return None, None
+            if location is not None:
+                return None, None  # a redirected robots.txt is treated as unreachable
+            return result.http_status, result.data
+
+        rules = self.robots.get(target.origin, fetch_robots)
+        if rules.allows(self._ua_token, f"{target.origin}{target.path}"):
+            return None
+        return FetchResult(
+            Status.OPT_OUT, f"robots.txt of {target.host_header} disallows {target.path}"
+        )
 
 
 def _with_attempts(result: FetchResult, attempts: int) -> FetchResult:

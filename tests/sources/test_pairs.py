@@ -42,7 +42,9 @@ def test_every_format_reads_rows_and_keeps_extra_columns(tmp_path: Path, fmt: st
 
 
 def test_custom_columns(tmp_path: Path) -> None:
-    path = _write(tmp_path / "p.parquet", [{"URL": "http://127.0.0.1/x", "TEXT": "hello"}], "parquet")
+    path = _write(
+        tmp_path / "p.parquet", [{"URL": "http://127.0.0.1/x", "TEXT": "hello"}], "parquet"
+    )
     rows = read_pairs(str(path), url_col="URL", caption_col="TEXT")
     assert rows[0].url == "http://127.0.0.1/x" and rows[0].caption == "hello"
 
@@ -118,7 +120,9 @@ def test_bad_jsonl_lines_are_rows(tmp_path: Path) -> None:
 
 
 def test_binary_parquet_columns_with_invalid_utf8(tmp_path: Path) -> None:
-    table = pa.table({"url": [b"http://127.0.0.1/a", b"http://127.0.0.1/b"], "caption": [b"good", b"\xff bad"]})
+    table = pa.table(
+        {"url": [b"http://127.0.0.1/a", b"http://127.0.0.1/b"], "caption": [b"good", b"\xff bad"]}
+    )
     path = tmp_path / "b.parquet"
     pq.write_table(table, path)
     rows = read_pairs(str(path))

@@ -1,0 +1,293 @@
+"""The download engine end to end against the loopback synthweb: every fault gets its
+expected status, every row is accounted for exactly once, shards are readable."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import DownloadConfig
+from pipeline.engine import ledger_rows, run_download
+from pipeline.shards.layout import OutputLayout
+from pipeline.synthweb.server import SynthWeb
+from pipeline.synthweb.site import SiteSpec, reference_config
+
+SPEC = SiteSpec(seed=7, n_images=24, n_hosts=3, n_pages=3, stall_seconds=10.0)
+
+
+@pytest.fixture(scope="module")
+def web():
+    with SynthWeb(SPEC) as server:
+        server.warm()
+        yield server
+
+
+def _config(**changes) -> DownloadConfig:
+    base = reference_config()
+    cfg = dataclasses.replace(base, samples_per_shard=10, threads=8, processes=1)
+    fetch_changes = {k: v for k, v in changes.items() if hasattr(cfg.fetch, k)}
+    image_changes = {k: v for k, v in changes.items() if hasattr(cfg.image, k)}
+    top = {k: v for k, v in changes.items() if k not in fetch_changes and k not in image_changes}
+    return dataclasses.replace(
+        cfg,
+        fetch=dataclasses.replace(cfg.fetch, **fetch_changes),
+        image=dataclasses.replace(cfg.image, **image_changes),
+        **top,
+    )
+
+
+def _pairs(web: SynthWeb, path: Path) -> tuple[Path, list[dict]]:
+    rows = web.pair_rows()
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path, rows
+
+
+def _tar_members(out: Path) -> list[str]:
+    names: list[str] = []
+    for tar in sorted((out / "shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            names.extend(tf.getnames())
+    return names
+
+
+@pytest.fixture(scope="module")
+def reference_run(web: SynthWeb, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("ref")
+    web.reset_state()
+    web.clear_log()
+    pairs, rows = _pairs(web, tmp / "pairs.parquet")
+    summary = run_download(str(pairs), tmp / "out", _config(), show_progress=False)
+    return tmp / "out", rows, summary
+
+
+def test_every_url_gets_the_status_the_site_expects(reference_run) -> None:
+    out, rows, summary = reference_run
+    assert summary.ok
+    by_url = {r["url"]: r for r in ledger_rows(out)}
+    mismatches = [
+        (
+            r["fault"],
+            r["expected_status"],
+            by_url[r["url"]]["status"],
+            by_url[r["url"]]["error_message"],
+        )
+        for r in rows
+        if by_url[r["url"]]["status"] != r["expected_status"]
+    ]
+    assert mismatches == []
+
+
+def test_every_row_once_in_the_ledger_and_every_success_once_in_the_tars(reference_run) -> None:
+    out, rows, summary = reference_run
+    ledger = list(ledger_rows(out))
+    assert sorted(r["row_index"] for r in ledger) == list(range(len(rows)))
+    assert len({r["key"] for r in ledger}) == len(rows)
+    assert all(len(r["key"]) == 9 and r["key"].isdigit() for r in ledger)
+    successes = {r["key"] for r in ledger if r["status"] == "success"}
+    members = _tar_members(out)
+    assert Counter(members) == Counter(
+        f"{k}.{ext}" for k in successes for ext in ("jpg", "txt", "json")
+    )
+    counts = Counter(r["status"] for r in ledger)
+    assert summary.stats["status_counts"] == dict(counts)
+    assert summary.stats["rows"] == len(rows)
+    stats_file = json.loads((out / "stats.json").read_text())
+    assert stats_file["status_counts"] == dict(counts)
+
+
+def test_samples_carry_sizes_hash_and_caption(reference_run, web: SynthWeb) -> None:
+    import hashlib
+
+    out, _rows, _ = reference_run
+    payload_by_url = {web.url_for(e): e for e in web.site.entries}
+    tar = sorted((out / "shards").glob("*.tar"))[0]
+    with tarfile.open(tar) as tf:
+        metas = [json.load(tf.extractfile(m)) for m in tf.getmembers() if m.name.endswith(".json")]
+        captions = {
+            m.name[:-4]: tf.extractfile(m).read().decode()
+            for m in tf.getmembers()
+            if m.name.endswith(".txt")
+        }
+    assert metas
+    for meta in metas:
+        assert meta["status"] == "success"
+        assert captions[meta["key"]] == meta["caption"]
+        assert (
+            min(meta["width"], meta["height"]) == 256
+            or meta["original_width"] <= 256
+            or meta["original_height"] <= 256
+        )
+        entry = payload_by_url.get(meta["url"])
+        if entry is not None and entry.fault is None:
+            assert meta["sha256"] == hashlib.sha256(web.payload(entry)).hexdigest()
+            assert (meta["original_width"], meta["original_height"]) == (entry.width, entry.height)
+        for col in ("fault", "expected_status", "host"):  # extra input columns kept
+            assert col in meta
+
+
+def test_shards_have_img2dataset_layout_and_read_with_webdataset(reference_run) -> None:
+    import webdataset as wds
+
+    out, rows, _ = reference_run
+    layout = OutputLayout(out)
+    n_shards = (len(rows) + 9) // 10
+    for sid in range(n_shards):
+        assert (
+            layout.tar(sid).is_file()
+            and layout.parquet(sid).is_file()
+            and layout.shard_stats(sid).is_file()
+        )
+        stats = json.loads(layout.shard_stats(sid).read_text())
+        assert stats["count"] == pq.read_metadata(layout.parquet(sid)).num_rows
+        assert (
+            stats["successes"] + stats["failed_to_download"] + stats["failed_to_resize"]
+            == stats["count"]
+        )
+    ds = (
+        wds.WebDataset(
+            str(out / "shards" / f"{{00000..{n_shards - 1:05d}}}.tar"), shardshuffle=False
+        )
+        .decode("pil")
+        .to_tuple("jpg", "txt", "json")
+    )
+    samples = list(ds)
+    assert len(samples) == sum(1 for r in ledger_rows(out) if r["status"] == "success")
+    for image, caption, meta in samples:
+        assert image.size == (meta["width"], meta["height"])
+        assert caption == meta["caption"]
+
+
+def test_user_agent_names_the_project(reference_run, web: SynthWeb) -> None:
+    agents = {ua for (_, _, _, ua) in web.request_log}
+    assert agents and all(ua and ua.startswith("wit-builder/") for ua in agents)
+
+
+def test_robots_txt_fetched_once_per_host(reference_run, web: SynthWeb) -> None:
+    for host in range(SPEC.n_hosts):
+        assert web.hits("/robots.txt", host) == 1
+
+
+def test_rerun_skips_committed_shards(web: SynthWeb, tmp_path: Path) -> None:
+    pairs, rows = _pairs(web, tmp_path / "pairs.csv.parquet")
+    small = [r for r in rows if r["fault"] is None][:6]
+    pq.write_table(pa.Table.from_pylist(small), pairs)
+    first = run_download(
+        str(pairs), tmp_path / "out", _config(samples_per_shard=3), show_progress=False
+    )
+    assert first.stats["status_counts"] == {"success": 6}
+    web.clear_log()
+    again = run_download(
+        str(pairs), tmp_path / "out", _config(samples_per_shard=3), show_progress=False
+    )
+    assert again.stats["status_counts"] == {"success": 6}
+    assert again.stats["rows_this_run"] == 0
+    assert [p for (_, _, p, _) in web.request_log] == []  # nothing fetched again
+    with pytest.raises(Exception, match="different input or settings"):
+        run_download(
+            str(pairs), tmp_path / "out", _config(samples_per_shard=2), show_progress=False
+        )
+
+
+def test_min_image_size_and_aspect_ratio(web: SynthWeb, tmp_path: Path) -> None:
+    rows = [r for r in web.pair_rows() if r["fault"] in ("tiny", None)][:5]
+    pairs = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), pairs)
+    run_download(
+        str(pairs),
+        tmp_path / "out",
+        _config(min_image_size=32, max_aspect_ratio=1.4),
+        show_progress=False,
+    )
+    by_url = {r["url"]: r for r in ledger_rows(tmp_path / "out")}
+    entries = {web.url_for(e): e for e in web.site.entries}
+    for r in rows:
+        e = entries[r["url"]]
+        status = by_url[r["url"]]["status"]
+        if r["fault"] == "tiny":
+            assert status == "too_small"
+        elif max(e.width, e.height) / min(e.width, e.height) > 1.4:
+            assert status == "bad_aspect_ratio"
+        else:
+            assert status == "success"
+
+
+def test_politeness_delay_and_per_host_cap(tmp_path: Path) -> None:
+    # A server of its own: no request of another test is still in flight on it.
+    with SynthWeb(SiteSpec(seed=3, n_images=6, n_hosts=1, n_pages=1)) as web:
+        rows = [r for r in web.pair_rows() if r["fault"] is None][:5]
+        pairs = tmp_path / "p.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), pairs)
+        run_download(
+            str(pairs),
+            tmp_path / "out",
+            _config(host_delay=0.3, per_host_connections=1, respect_robots=False, threads=8),
+            show_progress=False,
+        )
+        starts = sorted(t for (t, _, _, _) in web.request_log)
+        assert len(starts) == 5
+        assert all(b - a >= 0.25 for a, b in itertools.pairwise(starts))
+        assert web.max_concurrent(0) == 1
+
+
+def test_retry_after_is_honoured(web: SynthWeb, tmp_path: Path) -> None:
+    rows = [r for r in web.pair_rows() if r["fault"] in ("rate_limited", "server_error_then_ok")]
+    pairs = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), pairs)
+    web.reset_state()
+    web.clear_log()
+    run_download(str(pairs), tmp_path / "out", _config(respect_robots=False), show_progress=False)
+    ledger = {r["url"]: r for r in ledger_rows(tmp_path / "out")}
+    for r in rows:
+        assert ledger[r["url"]]["status"] == "success"
+        assert ledger[r["url"]]["attempts"] == 2
+    limited = next(r for r in rows if r["fault"] == "rate_limited")
+    path = limited["url"].split(str(web.port), 1)[1]
+    times = sorted(t for (t, _, p, _) in web.request_log if p == path)
+    assert len(times) == 2 and times[1] - times[0] >= 0.95  # waited for Retry-After: 1
+
+
+def test_no_retries_means_one_attempt(web: SynthWeb, tmp_path: Path) -> None:
+    rows = [r for r in web.pair_rows() if r["fault"] == "always_503"]
+    pairs = tmp_path / "p.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), pairs)
+    web.clear_log()
+    run_download(str(pairs), tmp_path / "out", _config(retries=0), show_progress=False)
+    (row,) = ledger_rows(tmp_path / "out")
+    assert (row["status"], row["attempts"], row["http_status"]) == ("http_error", 1, 503)
+
+
+def test_bad_rows_become_ledger_rows(web: SynthWeb, tmp_path: Path) -> None:
+    good = next(r for r in web.pair_rows() if r["fault"] is None)
+    pairs = tmp_path / "p.csv"
+    pairs.write_bytes(
+        b"url,caption\n" + f"{good['url']},{good['caption']}\n".encode() + b"not a url,caption\n"
+        b"file:///etc/passwd,a file\n"
+        b'"data:image/png;base64,iVBORw0KGgo=",inline\n'
+        b"ftp://127.0.0.1/x.jpg,ftp\n"
+        + f"{good['url']},\n".encode()
+        + f"{good['url']},caf\xe9\n".encode("latin-1")
+    )
+    summary = run_download(
+        str(pairs), tmp_path / "out", _config(respect_robots=False), show_progress=False
+    )
+    assert summary.ok
+    statuses = [
+        r["status"] for r in sorted(ledger_rows(tmp_path / "out"), key=lambda r: r["row_index"])
+    ]
+    assert statuses == [
+        "success",
+        "invalid_url",
+        "invalid_url",
+        "invalid_url",
+        "invalid_url",
+        "invalid_caption",
+        "invalid_caption",
+    ]
