@@ -103,7 +103,7 @@ class DownloadConfig:
     url_col: str = "url"
     caption_col: str = "caption"
     samples_per_shard: int = 10_000
-    processes: int = 1
+    processes: int = 0  # 0: one per CPU core
     threads: int = 32
     fetch: FetchConfig = field(default_factory=FetchConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -111,8 +111,10 @@ class DownloadConfig:
     def __post_init__(self) -> None:
         if self.samples_per_shard <= 0:
             raise ConfigError(f"samples_per_shard must be positive, got {self.samples_per_shard}")
-        if self.processes <= 0 or self.threads <= 0:
-            raise ConfigError("processes and threads must be positive")
+        if self.processes < 0:
+            raise ConfigError(f"processes must be >= 0 (0: one per CPU core), got {self.processes}")
+        if self.threads <= 0:
+            raise ConfigError(f"threads must be positive, got {self.threads}")
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -207,7 +209,7 @@ HELP: dict[str, str] = {
     "url_col": "input column holding the image URL (default: url)",
     "caption_col": "input column holding the caption (default: caption)",
     "samples_per_shard": "input rows per shard (default: 10000)",
-    "processes": "worker processes, one shard each at a time (default: 1)",
+    "processes": "worker processes, one shard each at a time; 0 = one per CPU core (default: 0)",
     "threads": "fetch threads per process (default: 32)",
     "timeout": "seconds to connect and for each read (default: 10)",
     "total_timeout": "seconds for one attempt including redirects; 0 = 3 x timeout (default: 0)",

@@ -459,7 +459,7 @@ def run_download(
             dynamic_ncols=True,
         )
         start = time.perf_counter()
-        processes = min(config.processes, max(1, len(pending)))
+        processes = min(config.processes or os.cpu_count() or 1, max(1, len(pending)))
         if processes == 1:
             for sid in pending:
                 try:

@@ -9,9 +9,11 @@ its final name complete (rename is atomic on one filesystem), so every tar is re
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,26 +49,33 @@ class ShardWriter:
     """Streams samples into ``NNNNN.tar`` in a private temp dir; ``commit`` publishes it."""
 
     def __init__(self, layout: OutputLayout, shard_id: int) -> None:
-        import webdataset as wds
-
         self.layout = layout
         self.shard_id = shard_id
         layout.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(dir=layout.tmp_dir, prefix=f"{layout.name(shard_id)}-"))
         self._tar_path = self.tmp / "shard.tar"
         self._tar_file = open(self._tar_path, "wb")  # noqa: SIM115 - closed in commit/abort
-        self._tar = wds.TarWriter(self._tar_file, encoder=False)
+        # Plain ustar members, as webdataset's TarWriter writes them, with fixed owner and
+        # mtime so that a redone shard is byte-identical when its samples are.
+        self._tar = tarfile.open(  # noqa: SIM115 - closed in commit/abort
+            fileobj=self._tar_file, mode="w|", format=tarfile.USTAR_FORMAT
+        )
         self.samples = 0
         self.bytes_written = 0
 
     def add(self, key: str, ext: str, image: bytes, caption: str, meta: dict[str, Any]) -> None:
-        sample = {
-            "__key__": key,
-            ext: image,
-            "txt": caption.encode("utf-8"),
-            "json": dumps(meta).encode("utf-8"),
-        }
-        self.bytes_written += self._tar.write(sample)
+        """One sample: {key}.{ext}, {key}.json, {key}.txt (sorted, as webdataset writes)."""
+        members = sorted(
+            [(ext, image), ("txt", caption.encode("utf-8")), ("json", dumps(meta).encode("utf-8"))]
+        )
+        for suffix, payload in members:
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size = len(payload)
+            info.mtime = 0
+            info.mode = 0o444
+            info.uname = info.gname = "bigdata"
+            self._tar.addfile(info, io.BytesIO(payload))
+            self.bytes_written += len(payload)
         self.samples += 1
 
     def commit(
