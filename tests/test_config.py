@@ -66,3 +66,12 @@ def test_bad_config_files(tmp_path: Path) -> None:
     ini.write_text("x=1")
     with pytest.raises(ConfigError, match=r"must be \.toml"):
         load_settings(ini)
+
+
+def test_every_setting_has_help_and_is_documented() -> None:
+    from pipeline.config import HELP, iter_settings
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md").read_text()
+    for name, _ in iter_settings(DownloadConfig):
+        assert name in HELP, f"{name} has no help text"
+        assert f"`{name.replace('_', '-')}`" in doc, f"{name} missing from docs/CONFIG.md"

