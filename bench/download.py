@@ -43,7 +43,7 @@ def _env() -> dict[str, str]:
 def start_server(port: int, images: int, hosts: int, seed: int) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "pipeline.synthweb", "serve", "--port", str(port),
-        "--images", str(images), "--hosts", str(hosts), "--seed", str(seed), "--warm",
+        "--images", str(images), "--hosts", str(hosts), "--seed", str(seed), "--static",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_env(), cwd=REPO)
     line = proc.stdout.readline().strip()  # printed once every image is generated

@@ -105,6 +105,7 @@ class DownloadConfig:
     samples_per_shard: int = 10_000
     processes: int = 0  # 0: one per CPU core
     threads: int = 32
+    decode_threads: int = 2
     fetch: FetchConfig = field(default_factory=FetchConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
 
@@ -115,6 +116,8 @@ class DownloadConfig:
             raise ConfigError(f"processes must be >= 0 (0: one per CPU core), got {self.processes}")
         if self.threads <= 0:
             raise ConfigError(f"threads must be positive, got {self.threads}")
+        if self.decode_threads <= 0:
+            raise ConfigError(f"decode_threads must be positive, got {self.decode_threads}")
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -211,6 +214,7 @@ HELP: dict[str, str] = {
     "samples_per_shard": "input rows per shard (default: 10000)",
     "processes": "worker processes, one shard each at a time; 0 = one per CPU core (default: 0)",
     "threads": "fetch threads per process (default: 32)",
+    "decode_threads": "of those, how many decode, resize and encode at once (default: 2)",
     "timeout": "seconds to connect and for each read (default: 10)",
     "total_timeout": "seconds for one attempt including redirects; 0 = 3 x timeout (default: 0)",
     "retries": "extra attempts on connection errors, 429 and 5xx (default: 2)",

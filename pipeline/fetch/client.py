@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.client
+import ipaddress
 import random
 import socket
 import ssl
@@ -30,7 +31,8 @@ _CHUNK = 256 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRY_HTTP = frozenset({429, 500, 502, 503, 504})
 _RETRYABLE = frozenset({Status.CONNECTION_ERROR})
-_KEEP_PER_THREAD = 8  # idle keep-alive connections a fetch thread holds
+_KEEP_PER_THREAD = 8
+DNS_CACHE_SECONDS = 120.0  # idle keep-alive connections a fetch thread holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +150,8 @@ class Fetcher:
         self._ssl = ssl.create_default_context()
         self.robots = robots if robots is not None else RobotsCache()
         self._pools_lock = threading.Lock()
+        self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._dns_lock = threading.Lock()
         self._pools: list[OrderedDict] = []  # each thread's keep-alive connections
         self._ua_token = config.user_agent.split("/", 1)[0].strip() or "*"
 
@@ -233,9 +237,29 @@ class Fetcher:
 
     # ---- one request --------------------------------------------------------------------
 
+    def _resolve(self, host: str, port: int) -> list[str]:
+        """Resolve, with a short in-process cache: a shard asks for the same hosts again and
+        again, and DNS failures are the most common download error at scale."""
+        try:
+            ipaddress.ip_address(host)
+            return [host]  # a literal needs no lookup
+        except ValueError:
+            pass
+        now = time.monotonic()
+        with self._dns_lock:
+            hit = self._dns.get((host, port))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        addresses = self.resolver(host, port)
+        with self._dns_lock:
+            if len(self._dns) > 100_000:
+                self._dns.clear()
+            self._dns[(host, port)] = (now + DNS_CACHE_SECONDS, addresses)
+        return addresses
+
     def _resolve_checked(self, target: _Target) -> str | FetchResult:
         try:
-            addresses = self.resolver(target.host, target.port)
+            addresses = self._resolve(target.host, target.port)
         except (OSError, UnicodeError) as e:
             return FetchResult(Status.CONNECTION_ERROR, f"cannot resolve {target.host}: {e}")
         if not addresses:

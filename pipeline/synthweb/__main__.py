@@ -8,6 +8,7 @@ site options, so a demo can run one and feed the other to the downloader.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import signal
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--warm", action="store_true", help="generate every image before printing the URL"
     )
+    serve.add_argument(
+        "--static",
+        action="store_true",
+        help="benchmark mode: only the images without a fault and robots.txt, from "
+        "pre-built responses on a lean asyncio server (implies --warm)",
+    )
     urls = sub.add_parser(
         "urls",
         parents=[common],
@@ -129,6 +136,9 @@ def write_rows(rows: list[dict[str, Any]], out: str | Path) -> None:
 def _serve(args: argparse.Namespace, spec: SiteSpec) -> int:
     from pipeline.synthweb.server import SynthWeb
 
+    if args.static:
+        return _serve_static(args, spec)
+
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -151,6 +161,26 @@ def _serve(args: argparse.Namespace, spec: SiteSpec) -> int:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+    return 0
+
+
+def _serve_static(args: argparse.Namespace, spec: SiteSpec) -> int:
+    from pipeline.synthweb.site import Site
+    from pipeline.synthweb.static import serve_static
+
+    site = Site(spec)
+
+    def ready() -> None:
+        print(site.origin(0, args.port), flush=True)
+        print(
+            f"synthweb (static): {len(site.by_fault(None))} images; Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt):
+        serve_static(site, args.port, on_ready=ready)
     return 0
 
 

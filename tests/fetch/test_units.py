@@ -134,3 +134,18 @@ def test_host_limiter_hosts_are_independent() -> None:
     with limiter.slot("b"):  # another host is not delayed by a's politeness
         pass
     assert time.monotonic() - t0 < 5
+
+
+def test_resolution_is_cached_per_host_and_literals_skip_it() -> None:
+    calls: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return ["10.1.2.3"]
+
+    fetcher = Fetcher(FetchConfig(), resolver=resolver)
+    for path in ("a", "b", "c"):
+        assert fetcher.fetch(f"http://images.internal/{path}.jpg").status is Status.BLOCKED_ADDRESS
+    assert calls == ["images.internal"]
+    assert fetcher.fetch("http://10.9.9.9/x.jpg").status is Status.BLOCKED_ADDRESS
+    assert calls == ["images.internal"]  # an IP literal is not looked up
