@@ -243,7 +243,7 @@ def process_shard(
     if layout.is_committed(shard_id):
         stats = json.loads(layout.shard_stats(shard_id).read_text())
         return {**stats, "skipped": True}
-    rows = pq.read_table(layout.plan_part(shard_id)).to_pylist()
+    rows = pq.ParquetFile(layout.plan_part(shard_id)).read().to_pylist()
     first_index = rows[0]["row_index"] if rows else 0
     sps = config.samples_per_shard
     start = time.time()
@@ -454,43 +454,50 @@ def run_download(
 
     root = Path(output)
     layout = OutputLayout(root)
+    n_processes = config.processes or os.cpu_count() or 1
     with _RunLock(root):
-        the_plan = plan(input_path, root, config)
-        shutil.rmtree(layout.tmp_dir, ignore_errors=True)  # what a killed run left half-written
-        pending = [sid for sid in range(the_plan.n_shards) if not layout.is_committed(sid)]
-        done_rows = the_plan.n_rows - sum(the_plan.rows_per_shard[s] for s in pending)
-        todo_rows = the_plan.n_rows - done_rows
-        failed: dict[int, str] = {}
-        bar = tqdm(
-            total=the_plan.n_rows,
-            initial=done_rows,
-            unit="img",
-            desc="download",
-            disable=not show_progress,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        start = time.perf_counter()
-        processes = min(config.processes or os.cpu_count() or 1, max(1, len(pending)))
-        if processes == 1:
-            for sid in pending:
-                try:
-                    process_shard(sid, root, config, progress=bar.update, resolver=resolver)
-                except Exception as e:  # a bug in one shard must not take the others with it
-                    failed[sid] = f"{type(e).__name__}: {e}"
-        else:
-            failed = _run_pool(pending, str(root), config, processes, bar)
-        elapsed = time.perf_counter() - start
-        bar.close()
+        # Workers are forked first, while this process has no threads of its own and no
+        # Arrow work in flight: fork is then safe, and ~0.7 s faster than spawn on 2 cores.
+        pool = _WorkerPool(n_processes) if n_processes > 1 else None
+        try:
+            the_plan = plan(input_path, root, config)
+            shutil.rmtree(layout.tmp_dir, ignore_errors=True)  # what a killed run left
+            pending = [s for s in range(the_plan.n_shards) if not layout.is_committed(s)]
+            todo_rows = sum(the_plan.rows_per_shard[s] for s in pending)
+            before = merge_stats(layout, the_plan.n_shards)
+            bar = tqdm(
+                total=the_plan.n_rows,
+                initial=the_plan.n_rows - todo_rows,
+                unit="img",
+                desc="download",
+                disable=not show_progress,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+            start = time.perf_counter()
+            if pool is None:
+                failed: dict[int, str] = {}
+                for sid in pending:
+                    try:
+                        process_shard(sid, root, config, progress=bar.update, resolver=resolver)
+                    except Exception as e:  # a bug in one shard must not take the others
+                        failed[sid] = f"{type(e).__name__}: {e}"
+            else:
+                failed = pool.run(pending, str(root), config, bar)
+            elapsed = time.perf_counter() - start
+            bar.close()
+        finally:
+            if pool is not None:
+                pool.close()
         shutil.rmtree(layout.tmp_dir, ignore_errors=True)
         stats = merge_stats(layout, the_plan.n_shards)
+        new_successes = stats["successes"] - before["successes"]
         stats.update(
             {
                 "elapsed_s": round(elapsed, 3),
                 "rows_this_run": todo_rows,
-                "rows_per_second": round(todo_rows / elapsed, 2)
-                if elapsed > 0 and todo_rows
-                else None,
+                "rows_per_second": _rate(todo_rows, elapsed),
+                "images_per_second": _rate(new_successes, elapsed),
                 "failed_shards": {str(k): v for k, v in failed.items()},
                 "config": asdict(config),
             }
@@ -499,40 +506,56 @@ def run_download(
         return RunSummary(stats, failed)
 
 
-def _run_pool(
-    pending: list[int], output: str, config: DownloadConfig, processes: int, bar: Any
-) -> dict[int, str]:
-    ctx = mp.get_context("spawn")
-    counter = ctx.Value("q", 0)
-    failed: dict[int, str] = {}
-    stop = threading.Event()
+def _rate(n: int, seconds: float) -> float | None:
+    return round(n / seconds, 2) if n and seconds > 0 else None
 
-    def poll() -> None:
-        last = 0
-        while not stop.wait(0.2):
-            value = counter.value
-            bar.update(value - last)
-            last = value
-        bar.update(counter.value - last)
 
-    poller = threading.Thread(target=poll, daemon=True)
-    poller.start()
-    try:
-        with cf.ProcessPoolExecutor(
-            processes, mp_context=ctx, initializer=_init_worker, initargs=(counter,)
-        ) as pool:
+class _WorkerPool:
+    """Worker processes, one shard at a time each, reporting progress through a counter."""
+
+    def __init__(self, processes: int) -> None:
+        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+        self.counter = ctx.Value("q", 0)
+        self.executor = cf.ProcessPoolExecutor(
+            processes, mp_context=ctx, initializer=_init_worker, initargs=(self.counter,)
+        )
+        # Start every worker now (fork happens here, before any thread exists).
+        for f in [self.executor.submit(os.getpid) for _ in range(processes)]:
+            f.result()
+
+    def run(
+        self, pending: list[int], output: str, config: DownloadConfig, bar: Any
+    ) -> dict[int, str]:
+        failed: dict[int, str] = {}
+        stop = threading.Event()
+
+        def poll() -> None:
+            last = 0
+            while not stop.wait(0.2):
+                value = self.counter.value
+                bar.update(value - last)
+                last = value
+            bar.update(self.counter.value - last)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        try:
             futures = {
-                pool.submit(_process_shard_in_worker, sid, output, config): sid for sid in pending
+                self.executor.submit(_process_shard_in_worker, sid, output, config): sid
+                for sid in pending
             }
             for fut in cf.as_completed(futures):
                 try:
                     fut.result()
-                except Exception as e:
+                except Exception as e:  # reported per shard, the rest go on
                     failed[futures[fut]] = f"{type(e).__name__}: {e}"
-    finally:
-        stop.set()
-        poller.join()
-    return failed
+        finally:
+            stop.set()
+            poller.join()
+        return failed
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 def summary_text(stats: dict[str, Any]) -> str:
@@ -557,4 +580,4 @@ def ledger_rows(output: str | Path) -> Iterable[dict[str, Any]]:
     """Every ledger row of a run, for inspection and tests."""
     layout = OutputLayout(Path(output))
     for path in sorted(layout.ledger_dir.glob("*.parquet")):
-        yield from pq.read_table(path).to_pylist()
+        yield from pq.ParquetFile(path).read().to_pylist()

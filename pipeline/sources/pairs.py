@@ -132,7 +132,7 @@ def _read_parquet(path: str, data: bytes, url_col: str, caption_col: str) -> Ite
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.ParquetFile(pa.BufferReader(data)).read()  # read_table would import pandas
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{path} is not a readable Parquet file: {e}") from None
     _check_columns(path, table.column_names, url_col, caption_col)
