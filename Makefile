@@ -3,15 +3,21 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev
+EXTRAS ?= dev,spark,dedup,overlap
 
 export WANDB_MODE := disabled
 export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install demo test lint format bench clean
 
+# Debian packages the tests read offline: WordNet 3.0 (query lists).
+SYSTEM_PACKAGES := wordnet-base
+
 # Re-installs when pyproject.toml changes (the stamp is older) or the venv is missing.
 $(STAMP): pyproject.toml
+	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); \
+	  else echo "warning: please install Debian packages: $(SYSTEM_PACKAGES)"; fi; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
@@ -34,7 +40,7 @@ test: lint
 	$(PY) -m pytest -q
 
 $(VENV)/.bench-installed: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
 	touch $@
 
 bench: $(VENV)/.bench-installed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import fcntl
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -81,12 +82,20 @@ class RunSummary:
 
 
 def _fingerprint(input_path: str, config: DownloadConfig) -> dict[str, Any]:
-    p = Path(input_path)
-    st = p.stat() if p.exists() else None
+    """What makes a plan: the input's content (not its mtime: a copy is the same input) and
+    the settings that shape the shards and their images."""
+    import fsspec
+
+    digest = hashlib.sha256()
+    try:
+        with fsspec.open(input_path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except (OSError, ValueError):
+        pass  # read_pairs reports an unreadable input with a clear message
     return {
-        "input": str(p.resolve()) if st else input_path,
-        "input_size": st.st_size if st else None,
-        "input_mtime_ns": st.st_mtime_ns if st else None,
+        "input": input_path,
+        "input_sha256": digest.hexdigest(),
         "url_col": config.url_col,
         "caption_col": config.caption_col,
         "samples_per_shard": config.samples_per_shard,
@@ -106,10 +115,11 @@ def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
     plan_json = layout.plan_dir / "plan.json"
     if plan_json.is_file():
         saved = json.loads(plan_json.read_text())
-        if saved["fingerprint"] != fingerprint:
-            changed = sorted(
-                k for k in fingerprint if saved["fingerprint"].get(k) != fingerprint[k]
-            )
+        # The path may differ (a moved or copied input); content and settings may not.
+        changed = sorted(
+            k for k in fingerprint if k != "input" and saved["fingerprint"].get(k) != fingerprint[k]
+        )
+        if changed:
             raise InputError(
                 f"{output} holds a dataset planned from a different input or settings "
                 f"({', '.join(changed)} changed): use another --output"

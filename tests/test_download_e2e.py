@@ -190,9 +190,20 @@ def test_rerun_skips_committed_shards(web: SynthWeb, tmp_path: Path) -> None:
     assert again.stats["status_counts"] == {"success": 6}
     assert again.stats["rows_this_run"] == 0
     assert [p for (_, _, p, _) in web.request_log] == []  # nothing fetched again
-    with pytest.raises(Exception, match="different input or settings"):
+    with pytest.raises(Exception, match=r"different input or settings \(samples_per_shard changed"):
         run_download(
             str(pairs), tmp_path / "out", _config(samples_per_shard=2), show_progress=False
+        )
+    moved = tmp_path / "moved.parquet"  # the same content elsewhere resumes the same plan
+    moved.write_bytes(pairs.read_bytes())
+    again = run_download(
+        str(moved), tmp_path / "out", _config(samples_per_shard=3), show_progress=False
+    )
+    assert again.stats["rows_this_run"] == 0
+    pq.write_table(pa.Table.from_pylist(small[:5]), moved)  # other content is refused
+    with pytest.raises(Exception, match=r"\(input_sha256 changed\)"):
+        run_download(
+            str(moved), tmp_path / "out", _config(samples_per_shard=3), show_progress=False
         )
 
 
