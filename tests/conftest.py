@@ -57,3 +57,13 @@ def sealed_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", _sealed_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", _sealed_connect_ex)
     monkeypatch.setattr(socket, "getaddrinfo", _sealed_getaddrinfo)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session for the whole test run (start-up costs 5-9 s)."""
+    from pipeline.spark.session import get_session
+
+    session = get_session("wit-builder-tests", master="local[2]")
+    yield session
+    session.stop()
