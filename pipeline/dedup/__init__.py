@@ -1,0 +1,1 @@
+"""Duplicates inside the dataset: exact (same original bytes) and near (perceptual hash)."""
