@@ -51,5 +51,8 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("original_height", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        # Set by the dedup stage: the kept key this sample duplicates, and how.
+        pa.field("duplicate_of", pa.string()),
+        pa.field("duplicate_kind", pa.string()),
     ]
 )

@@ -13,7 +13,7 @@ detector for those.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,27 +133,38 @@ def near_duplicates(
     return out
 
 
-def find_duplicates(
-    images: Iterable[tuple[str, str, bytes]], config: DedupConfig
+def image_hashes(
+    images: Iterable[tuple[str, str, bytes]],
+) -> Iterator[tuple[str, str, bytes | None]]:
+    """(key, sha256, image bytes) -> (key, sha256, 8-byte pHash or None if undecodable).
+
+    The per-image half of the work: runs where the images are (a Spark task per shard)."""
+    for key, digest, data in images:
+        code = phash_code(data)
+        yield key, digest, None if code is None else code.tobytes()
+
+
+def duplicates_from_hashes(
+    hashes: Iterable[tuple[str, str, bytes | None]], config: DedupConfig
 ) -> tuple[list[Duplicate], dict[str, int]]:
-    """(key, sha256, image bytes) -> duplicates and counts (images, undecodable, exact, near)."""
+    """The global half: exact groups by sha256, near groups by pHash, smallest key kept.
+
+    Returns the duplicates and counts (images, undecodable, exact, near)."""
     rows: list[tuple[str, str]] = []
     keys: list[str] = []
     codes: list[np.ndarray] = []
     undecodable = 0
-    for key, digest, data in images:
+    for key, digest, code in hashes:
         rows.append((key, digest))
-        if config.near:
-            code = phash_code(data)
-            if code is None:
-                undecodable += 1
-            else:
-                keys.append(key)
-                codes.append(code)
+        if code is None:
+            undecodable += 1
+        else:
+            keys.append(key)
+            codes.append(np.frombuffer(code, dtype=np.uint8))
     exact = exact_duplicates(rows) if config.exact else []
-    exact_keys = {d.key for d in exact}
     near: list[Duplicate] = []
     if config.near and keys:
+        exact_keys = {d.key for d in exact}
         near = near_duplicates(keys, np.stack(codes), config.max_hamming, skip=exact_keys)
     counts = {
         "images": len(rows),
@@ -162,3 +173,10 @@ def find_duplicates(
         "near": len(near),
     }
     return exact + near, counts
+
+
+def find_duplicates(
+    images: Iterable[tuple[str, str, bytes]], config: DedupConfig
+) -> tuple[list[Duplicate], dict[str, int]]:
+    """(key, sha256, image bytes) -> duplicates and counts, on one machine."""
+    return duplicates_from_hashes(image_hashes(images), config)
