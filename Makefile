@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipeline.demo --output data/demo
+	SPARK_LOCAL_IP=127.0.0.1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/spark-submit --master "local[2]" jobs/build_wit.py --output data/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -243,6 +243,61 @@ HELP: dict[str, str] = {
     "(default: 89478485)",
 }
 
+# The build job's settings (pipeline.spark.build.BuildConfig and the stage configs it nests).
+HELP.update(
+    {
+        "output": "output directory or fsspec URL such as s3://bucket/ds (default: data/demo)",
+        "warc": "WARC/WAT files or globs, local or fsspec URLs",
+        "pairs": "pair lists (Parquet, CSV, TSV, JSONL)",
+        "crawl": "seed pages to crawl",
+        "queries": "a saved query list (Parquet, JSON list or text); default: build one",
+        "engine": "download engine: native (default)",
+        "sample_sheet": "images on the dataset card's contact sheet (default: 24)",
+        "caption_sources": "texts that may become a caption, in order of preference "
+        "(default: alt,figcaption,title)",
+        "lazy_src_attributes": "attributes read when src is missing or a data: placeholder "
+        "(default: data-src,data-lazy-src,data-original)",
+        "max_url_length": "longer image URLs are skipped (default: 2048)",
+        "max_html_bytes": "HTML documents are parsed up to this many bytes (default: 5000000)",
+        "max_depth": "crawl: link hops from a seed (default: 2)",
+        "max_pages": "crawl: pages visited, seeds included (default: 100)",
+        "same_host": "crawl: follow links only to the seeds' hosts (default: true)",
+        "follow_nofollow": "crawl: also follow rel=nofollow links (default: false)",
+        "min_chars": "captions shorter than this are dropped (default: 5, as LAION)",
+        "max_chars": "captions longer than this are dropped (default: 1000)",
+        "fix_text": "repair mojibake and entities with ftfy (default: true)",
+        "boilerplate_words": "captions made only of these are dropped (image, photo, logo ...)",
+        "drop_file_names": "drop captions that are file names such as IMG_1234.jpg (default: true)",
+        "drop_urls": "drop captions that are URLs (default: true)",
+        "languages": "keep only captions in these languages, e.g. en (default: any)",
+        "keep_unknown_language": "keep captions whose language cannot be told (default: true)",
+        "key": "candidate dedup key: url (one pair per image) or url_caption (default: url)",
+        "drop_params": "query parameters removed when URLs are normalized (utm_*, fbclid ...)",
+        "rewrite_urls": "replace candidate URLs by their normalized form (default: true)",
+        "unigram_source": "query list unigrams: wordfreq, corpus or none (default: wordfreq)",
+        "min_unigram_count": "unigrams need at least this count (default: 100, as CLIP)",
+        "wordfreq_lang": "wordfreq language (default: en)",
+        "wordfreq_list": "wordfreq list: large or small (default: large)",
+        "wordfreq_corpus_words": "nominal corpus size that turns wordfreq frequencies into counts",
+        "corpus_files": "text files: corpus unigrams and PMI bigrams",
+        "bigrams": "add bigrams with a high PMI from corpus_files (default: true)",
+        "min_bigram_pmi": "bigram PMI threshold (default: 30, MetaCLIP's)",
+        "min_bigram_count": "bigrams need at least this count (default: 1)",
+        "title_files": "files of titles (e.g. Wikipedia articles), one per line",
+        "wordnet": "add WordNet 3.0 lemmas (default: true)",
+        "wordnet_dir": "WordNet 3.0 database folder (default: /usr/share/wordnet)",
+        "wordnet_mode": "lemmas (every synset lemma) or names (one per synset)",
+        "numbers": "add the numbers 0..99 (default: true)",
+        "lowercase": "match and store queries lowercased (default: true)",
+        "boundary": "query match boundaries: metaclip or alnum (default: metaclip)",
+        "max_per_query": "balancing: at most about this many pairs per query (default: 20000, as CLIP)",
+        "seed": "balancing draw seed: reruns with one seed keep the same pairs (default: 0)",
+        "exact": "image dedup: drop byte-identical images (default: true)",
+        "near": "image dedup: drop pHash near-duplicates (default: true)",
+        "max_hamming": "image dedup: pHash bits that may differ (default: 4 of 64)",
+    }
+)
+
 
 def iter_settings(cls: type) -> list[tuple[str, Any]]:
     """(name, default) of every leaf setting of a (nested) config dataclass."""
@@ -258,8 +313,15 @@ def iter_settings(cls: type) -> list[tuple[str, Any]]:
 
 
 def add_setting_flags(parser: Any, cls: type) -> None:
-    """Add one ``--flag`` per setting of ``cls``; unset flags stay None (the file decides)."""
+    """Add one ``--flag`` per setting of ``cls``; unset flags stay None (the file decides).
+
+    A name shared by nested configs (``threads`` of the crawler and of the downloader) is
+    one flag that sets them all, as a config file's key does."""
+    seen: set[str] = set()
     for name, default in iter_settings(cls):
+        if name in seen:
+            continue
+        seen.add(name)
         flag = "--" + name.replace("_", "-")
         help_text = HELP.get(name, name)
         if isinstance(default, bool):

@@ -1,4 +1,4 @@
-"""make demo: the download engine end to end on the loopback synthweb.
+"""python -m pipeline.demo: the download engine alone, end to end on the loopback synthweb.
 
 Serves the generated site on 127.0.0.1..127.0.0.N for the duration of the run, writes
 its pair list, downloads it with the reference settings, prints the summary, and checks
@@ -8,14 +8,64 @@ every URL's status against the outcome the site says it must produce.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+DEMO_SPEC_ARGS = {"seed": 0, "n_images": 200, "n_hosts": 4, "n_pages": 20, "stall_seconds": 8.0}
+
+
+@contextlib.contextmanager
+def demo_web(**spec_changes: Any) -> Iterator[Any]:
+    """The synthweb on loopback for the duration of a demo build, images made up front."""
+    from pipeline.synthweb.server import SynthWeb
+    from pipeline.synthweb.site import SiteSpec
+
+    with SynthWeb(SiteSpec(**{**DEMO_SPEC_ARGS, **spec_changes})) as web:
+        web.warm()
+        yield web
+
+
+def demo_config(config: Any, web: Any) -> Any:
+    """The build config for the demo: crawl every host of ``web`` from its index page, with
+    the synthweb's reference download settings (loopback allowed, robots.txt honoured), and
+    a small per-query cap so that balancing shows in a small dataset. Settings the user
+    changed from their defaults are kept."""
+    from pipeline.spark.build import BuildConfig
+    from pipeline.synthweb.site import REFERENCE_SETTINGS
+
+    default = BuildConfig()
+    fetch = dataclasses.replace(
+        config.download.fetch,
+        **{
+            k: v
+            for k, v in REFERENCE_SETTINGS.items()
+            if hasattr(config.download.fetch, k)
+            and getattr(config.download.fetch, k) == getattr(default.download.fetch, k)
+        },
+    )
+    download = dataclasses.replace(
+        config.download,
+        fetch=fetch,
+        samples_per_shard=64
+        if config.download.samples_per_shard == default.download.samples_per_shard
+        else config.download.samples_per_shard,
+    )
+    crawler = dataclasses.replace(config.crawler, max_pages=max(config.crawler.max_pages, 200))
+    balance = config.balance
+    if balance == default.balance:
+        balance = dataclasses.replace(balance, max_per_query=25)
+    seeds = tuple(web.base_url(h) + "/" for h in range(web.site.spec.n_hosts))
+    return dataclasses.replace(
+        config, crawl=seeds, download=download, crawler=crawler, balance=balance
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

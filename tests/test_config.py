@@ -70,8 +70,9 @@ def test_bad_config_files(tmp_path: Path) -> None:
 
 def test_every_setting_has_help_and_is_documented() -> None:
     from pipeline.config import HELP, iter_settings
+    from pipeline.spark.build import BuildConfig
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md").read_text()
-    for name, _ in iter_settings(DownloadConfig):
+    for name, _ in iter_settings(DownloadConfig) + iter_settings(BuildConfig):
         assert name in HELP, f"{name} has no help text"
         assert f"`{name.replace('_', '-')}`" in doc, f"{name} missing from docs/CONFIG.md"

@@ -146,6 +146,7 @@ class Fetcher:
         self.resolver = resolver or system_resolver
         self.hosts = HostLimiter(config.per_host_connections, config.host_delay)
         self._rng = rng or random.Random()
+        self.sleep = time.sleep  # backoff waits go through here (tests record them)
         self._local = threading.local()
         self._ssl = ssl.create_default_context()
         self.robots = robots if robots is not None else RobotsCache()
@@ -189,7 +190,7 @@ class Fetcher:
                 delay = self._rng.uniform(
                     0, min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
                 )
-            time.sleep(delay)
+            self.sleep(delay)
 
     def close(self) -> None:
         """Close the idle connections of every thread that used this fetcher."""

@@ -55,6 +55,9 @@ def download_on_spark(
             .collect()
         )
     elapsed = time.perf_counter() - start
+    import shutil
+
+    shutil.rmtree(layout.tmp_dir, ignore_errors=True)  # emptied by every committed shard
     stats = merge_stats(layout, the_plan.n_shards)
     todo_rows = sum(the_plan.rows_per_shard[s] for s in pending)
     new_successes = stats["successes"] - before["successes"]

@@ -36,13 +36,15 @@ def get_session(
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    from pyspark import SparkConf
+
     local_environment()
     builder = SparkSession.builder.appName(app_name)
     master = master or os.environ.get("SPARK_MASTER")
     if master:
         builder = builder.master(master)
-    elif "spark.master" not in (conf or {}):
-        builder = builder.master("local[*]")
+    elif "spark.master" not in (conf or {}) and not SparkConf().contains("spark.master"):
+        builder = builder.master("local[*]")  # not under spark-submit, which sets its own
     settings = {
         "spark.ui.enabled": str(ui).lower(),
         "spark.driver.host": "127.0.0.1",
@@ -55,4 +57,6 @@ def get_session(
     settings.update(conf or {})
     for key, value in settings.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(os.environ.get("SPARK_LOG_LEVEL", "WARN"))
+    return session

@@ -8,7 +8,6 @@ import random
 import pytest
 
 from pipeline.config import FetchConfig
-from pipeline.fetch import client
 from pipeline.fetch.client import Fetcher
 from pipeline.schema import Status
 from pipeline.synthweb.server import SynthWeb
@@ -25,14 +24,18 @@ def _url(web: SynthWeb, fault: str) -> str:
     return web.url_for(web.site.fault_entry(fault))
 
 
-def _fetcher(**kw) -> Fetcher:
-    return Fetcher(FetchConfig(allow_networks=("127.0.0.0/8",), **kw), rng=random.Random(0))
+def _fetcher(sleep=None, **kw) -> Fetcher:
+    fetcher = Fetcher(FetchConfig(allow_networks=("127.0.0.0/8",), **kw), rng=random.Random(0))
+    if sleep is not None:
+        fetcher.sleep = sleep  # record the waits instead of waiting (and of patching time)
+    return fetcher
 
 
-def test_backoff_doubles_with_full_jitter(web: SynthWeb, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_backoff_doubles_with_full_jitter(web: SynthWeb) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr(client.time, "sleep", sleeps.append)
-    result = _fetcher(retries=4, backoff_base=1.0, backoff_max=5.0).fetch(_url(web, "always_503"))
+    result = _fetcher(sleeps.append, retries=4, backoff_base=1.0, backoff_max=5.0).fetch(
+        _url(web, "always_503")
+    )
     assert (result.status, result.http_status, result.attempts) == (Status.HTTP_ERROR, 503, 5)
     assert len(sleeps) == 4
     caps = [1.0, 2.0, 4.0, 5.0]  # base * 2**n, capped at backoff_max
@@ -40,22 +43,19 @@ def test_backoff_doubles_with_full_jitter(web: SynthWeb, monkeypatch: pytest.Mon
     assert len(set(sleeps)) == 4  # jittered, not a fixed schedule
 
 
-def test_retry_after_longer_than_allowed_gives_up(
-    web: SynthWeb, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(client.time, "sleep", lambda s: pytest.fail(f"slept {s}s"))
+def test_retry_after_longer_than_allowed_gives_up(web: SynthWeb) -> None:
     web.reset_state()
-    result = _fetcher(retries=3, max_retry_after=0.5).fetch(_url(web, "rate_limited"))
+    never = lambda s: pytest.fail(f"slept {s}s")  # noqa: E731
+    result = _fetcher(never, retries=3, max_retry_after=0.5).fetch(_url(web, "rate_limited"))
     assert result.status is Status.HTTP_ERROR and result.http_status == 429
     assert "Retry-After 1s exceeds max_retry_after" in result.error_message
     assert result.attempts == 1
 
 
-def test_retry_after_is_waited_exactly(web: SynthWeb, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retry_after_is_waited_exactly(web: SynthWeb) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr(client.time, "sleep", sleeps.append)
     web.reset_state()
-    result = _fetcher(retries=2).fetch(_url(web, "rate_limited"))
+    result = _fetcher(sleeps.append, retries=2).fetch(_url(web, "rate_limited"))
     assert result.ok and result.attempts == 2
     assert sleeps == [1.0]
 

@@ -1,0 +1,136 @@
+"""spark-submit jobs/build_wit.py [options]: build a WIT-style dataset on Spark.
+
+With no source given it builds the demo: it serves the synthweb on loopback for the
+duration of the job, crawls it, and writes data/demo/. `python jobs/build_wit.py` starts a
+local session; under spark-submit the session (and --master) come from spark-submit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # spark-submit runs the file
+
+from pipeline.config import ConfigError, add_setting_flags, build_config, load_settings
+from pipeline.sources.pairs import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.spark.build import BuildConfig
+
+    p = _Parser(
+        prog="spark-submit jobs/build_wit.py",
+        description="Extract, clean, deduplicate, match, balance, download and deduplicate "
+        "image-text pairs into a WIT-style dataset. No source: the loopback demo.",
+    )
+    p.add_argument(
+        "--warc",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="WARC/WAT files or globs (local or fsspec URLs)",
+    )
+    p.add_argument(
+        "--pairs",
+        nargs="+",
+        default=None,
+        metavar="PATH",
+        help="pair lists (Parquet, CSV, TSV, JSONL)",
+    )
+    p.add_argument("--crawl", nargs="+", default=None, metavar="URL", help="seed pages to crawl")
+    p.add_argument("--output", default=None, help="output directory (default: data/demo)")
+    p.add_argument(
+        "--queries",
+        default=None,
+        help="a saved query list (Parquet, JSON list or text); default: build one",
+    )
+    p.add_argument(
+        "--build-queries",
+        action="store_true",
+        help="build the query list (the default when --queries is not given)",
+    )
+    p.add_argument("--config", help="TOML or YAML file with the same settings as the flags")
+    p.add_argument(
+        "--master", default=None, help="Spark master when run with python (default: local[*])"
+    )
+    skip = {"output", "warc", "pairs", "crawl", "queries"}
+
+    class _Skip:
+        def __init__(self, parser: argparse.ArgumentParser) -> None:
+            self.parser = parser
+
+        def add_argument(self, flag: str, **kwargs: object) -> None:
+            if kwargs.get("dest") not in skip:
+                self.parser.add_argument(flag, **kwargs)
+
+    add_setting_flags(_Skip(p), BuildConfig)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> object:
+    from pipeline.config import settings_from_args
+    from pipeline.spark.build import BuildConfig
+
+    settings = load_settings(args.config) if args.config else {}
+    for name in ("warc", "pairs", "crawl"):
+        if getattr(args, name):
+            settings[name] = tuple(getattr(args, name))
+    for name in ("output", "queries"):
+        if getattr(args, name):
+            settings[name] = getattr(args, name)
+    settings.update(
+        {
+            k: v
+            for k, v in settings_from_args(args, BuildConfig).items()
+            if k not in ("warc", "pairs", "crawl", "output", "queries")
+        }
+    )
+    return build_config(BuildConfig, settings)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.demo import demo_config, demo_web
+    from pipeline.spark.build import run_build
+    from pipeline.spark.session import get_session
+
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except (ConfigError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    demo = not (config.warc or config.pairs or config.crawl)
+    spark = get_session("build_wit", master=args.master)
+    try:
+        if demo:
+            with demo_web() as web:
+                config = demo_config(config, web)
+                stats = run_build(spark, config)
+        else:
+            stats = run_build(spark, config)
+    except (ConfigError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from pipeline.stats.funnel import Funnel, Stage
+
+    f = stats["funnel"]
+    funnel = Funnel(
+        f["start"]["name"],
+        f["start"]["count"],
+        [Stage(s["name"], s["count"], s["drops"]) for s in f["stages"]],
+    )
+    print("\n" + funnel.markdown())
+    print(f"\ndataset: {config.output} (card: {Path(config.output) / 'README.md'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

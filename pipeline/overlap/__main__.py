@@ -1,0 +1,142 @@
+"""python -m pipeline.overlap --eval imagenet --train DIR --out REPORT_DIR
+
+Finds eval items that also appear in the training data (CLIP section 5, appendix C) and
+reports accuracy on All, Clean and Overlap with the paper's statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.config import ConfigError, build_config, load_settings, settings_from_args
+from pipeline.overlap.calibrate import CalibrationError
+from pipeline.overlap.config import OverlapConfig, add_overlap_flags
+from pipeline.overlap.detectors import DetectorError
+from pipeline.overlap.evalsets import REGISTRY, EvalSetError, parse_eval_spec
+from pipeline.overlap.predictions import PredictionsError
+from pipeline.overlap.run import OverlapJob, parse_named_paths, run_overlap
+from pipeline.shards.reader import ShardReadError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m pipeline.overlap",
+        description="Train-test overlap (CLIP section 5): find eval items duplicated in the "
+        "training shards, split each eval set into Overlap and Clean, and report accuracy on "
+        "each with a binomial test and Clopper-Pearson intervals.",
+    )
+    p.add_argument(
+        "--eval",
+        action="append",
+        required=True,
+        metavar="NAME[:PATH]",
+        help=f"eval set, repeatable: {', '.join(REGISTRY)}; NAME:PATH gives its folder, "
+        "ALIAS=NAME:PATH names a second set of one kind",
+    )
+    p.add_argument(
+        "--eval-root",
+        action="append",
+        default=[],
+        metavar="DIR|NAME:DIR",
+        help="folder holding one folder per eval set (DIR/imagenet, DIR/cifar10, ...), or "
+        "NAME:DIR for one set; repeatable",
+    )
+    p.add_argument(
+        "--train",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="training data: a wit-builder download folder (DIR/shards/*.tar) or an "
+        "img2dataset output folder (DIR/*.tar); repeatable",
+    )
+    p.add_argument("--out", required=True, metavar="REPORT_DIR", help="output folder")
+    p.add_argument(
+        "--predictions",
+        action="append",
+        default=[],
+        metavar="[NAME:]FILE",
+        help="CSV or Parquet with columns id and prediction (class index or name); NAME:FILE "
+        "per eval set, plain FILE when there is one eval set; repeatable",
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="zero-shot predictions from a training-stage checkpoint (not available yet)",
+    )
+    p.add_argument("--config", help="TOML or YAML file with the same settings as the flags")
+    add_overlap_flags(p)
+    return p
+
+
+def job_from_args(args: argparse.Namespace) -> OverlapJob:
+    settings = load_settings(args.config) if args.config else {}
+    settings.update(settings_from_args(args, OverlapConfig))
+    config = build_config(OverlapConfig, settings)
+    if args.checkpoint:
+        raise ConfigError(
+            "--checkpoint: not available yet: zero-shot predictions need the training stage "
+            "(training/, not written yet) and torch (not installed); pass --predictions FILE"
+        )
+    evals = tuple(parse_eval_spec(e) for e in args.eval)
+    names = [e.name for e in evals]
+    named_roots, plain_roots = parse_named_paths(
+        args.eval_root, [*names, *(e.kind for e in evals)], "--eval-root"
+    )
+    if len(plain_roots) > 1:
+        raise EvalSetError("--eval-root DIR given twice; use NAME:DIR for per-set folders")
+    named_preds, plain_preds = parse_named_paths(args.predictions, names, "--predictions")
+    if plain_preds:
+        if len(plain_preds) > 1 or len(evals) > 1 or named_preds:
+            raise PredictionsError(
+                "--predictions FILE without a name needs exactly one --eval; use NAME:FILE"
+            )
+        named_preds[evals[0].name] = plain_preds[0]
+    return OverlapJob(
+        evals=evals,
+        train=tuple(Path(t).expanduser() for t in args.train),
+        out=Path(args.out).expanduser(),
+        config=config,
+        eval_root=plain_roots[0] if plain_roots else None,
+        eval_roots=named_roots,
+        predictions=named_preds,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        job = job_from_args(args)
+        report = run_overlap(job)
+    except (
+        ConfigError,
+        EvalSetError,
+        PredictionsError,
+        ShardReadError,
+        DetectorError,
+        CalibrationError,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, r in report.per_set.items():
+        acc = (
+            ""
+            if r["all_minus_clean"] is None
+            else f", All - Clean {100 * r['all_minus_clean']:+.2f}%"
+        )  # type: ignore[operator]
+        print(
+            f"{name}: {r['n_overlap']:,} of {r['n_all']:,} items overlap ({r['overlap_pct']:.2f}%){acc}"
+        )
+    print(f"report: {report.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Settings of the overlap stage: one frozen dataclass, loadable from TOML/YAML like the others.
+
+Uses ``pipeline.config``'s loading and coercion; the flag help lives here, next to the
+settings it describes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import ConfigError, iter_settings
+
+HASHES: tuple[str, ...] = ("phash", "dhash", "dhash_vertical", "average_hash", "whash")
+
+
+@dataclass(frozen=True)
+class OverlapConfig:
+    detector: str = "phash"
+    hashes: tuple[str, ...] = ("phash", "dhash")
+    hash_size: int = 16  # bits per hash = hash_size**2
+    precision: float = 0.99  # calibration target
+    threshold: float = math.nan  # similarity; NaN: calibrate per eval set
+    top_k: int = 5
+    max_matches: int = 100  # training matches kept per eval item (decontamination list)
+    calibration_items: int = 1000
+    seed: int = 0
+    confidence: float = 0.995  # two-sided Clopper-Pearson level
+    alpha: float = 0.05  # family-wise level of the Bonferroni-corrected tests
+    contact_pairs: int = 24
+    processes: int = 0  # 0: one per CPU core
+    spark: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.detector:
+            raise ConfigError("detector must not be empty")
+        if not self.hashes:
+            raise ConfigError("hashes must name at least one hash")
+        unknown = [h for h in self.hashes if h not in HASHES]
+        if unknown:
+            raise ConfigError(f"hashes: unknown {', '.join(unknown)}; known: {', '.join(HASHES)}")
+        if len(set(self.hashes)) != len(self.hashes):
+            raise ConfigError("hashes: each hash at most once")
+        if self.hash_size < 2 or (self.hash_size**2) % 8:
+            # FAISS binary codes are whole bytes.
+            raise ConfigError(
+                f"hash_size must be >= 2 with hash_size**2 a multiple of 8 (4, 8, 12, 16...), got {self.hash_size}"
+            )
+        if "whash" in self.hashes and self.hash_size & (self.hash_size - 1):
+            raise ConfigError(f"whash needs a power-of-two hash_size, got {self.hash_size}")
+        if not 0 < self.precision <= 1:
+            raise ConfigError(f"precision must be in (0, 1], got {self.precision}")
+        if math.isinf(self.threshold):
+            raise ConfigError(f"threshold must be a finite similarity, got {self.threshold}")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if self.max_matches < 1:
+            raise ConfigError(f"max_matches must be >= 1, got {self.max_matches}")
+        if self.calibration_items < 10:
+            raise ConfigError(f"calibration_items must be >= 10, got {self.calibration_items}")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence must be in (0, 1), got {self.confidence}")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.contact_pairs < 0:
+            raise ConfigError(f"contact_pairs must be >= 0, got {self.contact_pairs}")
+        if self.processes < 0:
+            raise ConfigError(f"processes must be >= 0 (0: one per CPU core), got {self.processes}")
+
+    @property
+    def calibrate(self) -> bool:
+        return math.isnan(self.threshold)
+
+
+HELP: dict[str, str] = {
+    "detector": "duplicate detector: phash (imagehash codes, Hamming distance); embedding:... and "
+    "torchscript:PATH need torch and the training stage (not available yet) (default: phash)",
+    "hashes": "perceptual hashes concatenated into one binary code: "
+    + ", ".join(HASHES)
+    + " (default: phash,dhash)",
+    "hash_size": "hash side: each hash has hash_size**2 bits (default: 16)",
+    "precision": "target precision of the calibrated threshold (default: 0.99)",
+    "threshold": "similarity threshold (1 = identical codes) instead of calibrating one",
+    "top_k": "nearest training images kept per eval item (default: 5)",
+    "max_matches": "training images above the threshold kept per eval item for "
+    "decontaminate.parquet (default: 100)",
+    "calibration_items": "eval items given a planted transformed copy per eval set (default: 1000)",
+    "seed": "seed of the calibration sample and its transformations (default: 0)",
+    "confidence": "level of the two-sided Clopper-Pearson interval on Overlap accuracy "
+    "(default: 0.995)",
+    "alpha": "family-wise significance level, Bonferroni-corrected across eval sets (default: 0.05)",
+    "contact_pairs": "borderline pairs drawn on each eval set's contact sheet (default: 24)",
+    "processes": "worker processes for the local search; 0 = one per CPU core (default: 0)",
+    "spark": "run the search on Spark, one task per shard (default: false)",
+}
+
+
+def add_overlap_flags(parser: Any) -> None:
+    """One ``--flag`` per setting; unset flags stay None so a config file can decide."""
+    for name, default in iter_settings(OverlapConfig):
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(
+                flag,
+                dest=name,
+                default=None,
+                nargs="?",
+                const="true",
+                metavar="BOOL",
+                help=HELP[name],
+            )
+        else:
+            metavar = "NAME,..." if name == "hashes" else name.upper().split("_")[-1]
+            parser.add_argument(flag, dest=name, default=None, metavar=metavar, help=HELP[name])

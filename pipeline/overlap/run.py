@@ -1,0 +1,524 @@
+"""One overlap run: eval sets and training shards in, REPORT_DIR out.
+
+Order: everything that can be wrong is checked first (eval layouts, predictions files,
+training shards, detector), before any image is embedded. Then eval items are embedded,
+each eval set gets its threshold (calibrated or given), the training shards are searched
+once for all eval sets together (locally or on Spark), and the outputs are written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.overlap import report as rep
+from pipeline.overlap.calibrate import Calibration, CalibrationError, calibrate
+from pipeline.overlap.config import OverlapConfig
+from pipeline.overlap.detectors import Detector, make_detector
+from pipeline.overlap.evalsets import EvalSet, EvalSetError, EvalSpec, load_eval_set
+from pipeline.overlap.predictions import read_predictions
+from pipeline.overlap.search import (
+    EMPTY_REF,
+    EvalIndex,
+    SearchResult,
+    ref_index,
+    ref_shard,
+    search_local,
+)
+from pipeline.overlap.stats import SplitCounts, bonferroni, split_statistics
+from pipeline.shards.reader import find_shards, iter_shard
+from pipeline.stats.counters import Counters
+
+
+@dataclass(frozen=True)
+class OverlapJob:
+    evals: tuple[EvalSpec, ...]
+    train: tuple[Path, ...]
+    out: Path
+    config: OverlapConfig = field(default_factory=OverlapConfig)
+    eval_root: Path | None = None  # holds one folder per eval set
+    eval_roots: Mapping[str, Path] = field(default_factory=dict)  # NAME -> its folder
+    predictions: Mapping[str, Path] = field(default_factory=dict)  # eval set name -> file
+
+
+@dataclass(frozen=True)
+class TrainShards:
+    paths: tuple[Path, ...]  # in shard-id order
+    sources: tuple[str, ...]  # the --train folder of each shard
+
+    def relative(self, shard_id: int) -> str:
+        p, src = self.paths[shard_id], Path(self.sources[shard_id])
+        try:
+            return p.relative_to(src).as_posix()
+        except ValueError:
+            return p.name
+
+
+@dataclass
+class OverlapReport:
+    out: Path
+    per_set: dict[str, dict[str, object]]
+    bonferroni: dict[str, object]
+    calibrations: dict[str, Calibration | None]
+    read_counts: dict[str, int]
+    seconds: dict[str, float]
+
+
+@dataclass
+class Prepared:
+    eval_sets: list[EvalSet]
+    predictions: dict[str, np.ndarray]
+    shards: TrainShards
+    detector: Detector
+
+
+def prepare(job: OverlapJob) -> Prepared:
+    """Every check that needs no embedding: fail here, before minutes of work."""
+    names = [s.name for s in job.evals]
+    if not names:
+        raise EvalSetError("no eval set given: use --eval NAME[:PATH]")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise EvalSetError(f"eval set {dup[0]} given twice; name one of them ALIAS={dup[0]}:PATH")
+    eval_sets = [load_eval_set(s, job.eval_roots, job.eval_root) for s in job.evals]
+    if job.config.calibrate:
+        for s in eval_sets:
+            if len(s) < 2:
+                raise CalibrationError(
+                    f"eval set {s.name}: {len(s)} item(s), too few to calibrate a threshold; "
+                    "give --threshold"
+                )
+    unknown = sorted(set(job.predictions) - set(names))
+    if unknown:
+        raise EvalSetError(
+            f"predictions for {unknown[0]}, which is not an --eval set ({', '.join(names)})"
+        )
+    predictions = {
+        s.name: read_predictions(job.predictions[s.name], s)
+        for s in eval_sets
+        if s.name in job.predictions
+    }
+    paths: list[Path] = []
+    sources: list[str] = []
+    for t in job.train:
+        found = find_shards(t)
+        paths += found
+        sources += [str(t)] * len(found)
+    detector = make_detector(job.config)
+    return Prepared(eval_sets, predictions, TrainShards(tuple(paths), tuple(sources)), detector)
+
+
+def embed_eval_set(eval_set: EvalSet, detector: Detector) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of every item, and which items could be decoded (the others stay unsearched)."""
+    width = detector.dim // 8 if detector.kind == "binary" else detector.dim
+    dtype = np.uint8 if detector.kind == "binary" else np.float32
+    codes = np.zeros((len(eval_set), width), dtype)
+    valid = np.zeros(len(eval_set), bool)
+    for i in range(len(eval_set)):
+        data = eval_set.images.encoded(i)
+        if data is None:
+            code = detector.embed_image(eval_set.images.image(i))
+        else:
+            code = detector.embed_bytes(data)
+        if code is not None:
+            codes[i] = code
+            valid[i] = True
+    return codes, valid
+
+
+def _search(
+    job: OverlapJob, prep: Prepared, index: EvalIndex, log: Callable[[str], None]
+) -> SearchResult:
+    cfg = job.config
+    shards = [str(p) for p in prep.shards.paths]
+    if cfg.spark:
+        from pipeline.spark.overlap import search_spark  # the only place pyspark is touched
+
+        return search_spark(shards, index, prep.detector, cfg.top_k, cfg.max_matches)
+    processes = cfg.processes or os.cpu_count() or 1
+    done = [0]
+    t0 = time.perf_counter()
+
+    def progress(part: SearchResult) -> None:
+        done[0] += 1
+        if done[0] == len(shards) or done[0] % max(1, len(shards) // 20) == 0:
+            log(f"searched {done[0]}/{len(shards)} shards ({time.perf_counter() - t0:.0f} s)")
+
+    return search_local(
+        shards, index, prep.detector, cfg.top_k, cfg.max_matches, processes, progress
+    )
+
+
+def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> OverlapReport:
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    cfg = job.config
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    prep = prepare(job)
+    detector = prep.detector
+    log(
+        f"{len(prep.eval_sets)} eval set(s), {sum(map(len, prep.eval_sets)):,} items; "
+        f"{len(prep.shards.paths)} training shard(s); detector {detector.describe()}"
+    )
+    seconds["prepare"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for s in prep.eval_sets:
+        codes[s.name] = embed_eval_set(s, detector)
+        log(f"{s.name}: embedded {int(codes[s.name][1].sum()):,} of {len(s):,} items")
+    seconds["embed_eval"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    calibrations: dict[str, Calibration | None] = {}
+    thresholds: dict[str, float] = {}
+    for s in prep.eval_sets:
+        if cfg.calibrate:
+            cal = calibrate(
+                s, *codes[s.name], detector, cfg.precision, cfg.calibration_items, cfg.seed
+            )
+            calibrations[s.name] = cal
+            thresholds[s.name] = cal.threshold
+            log(
+                f"{s.name}: threshold {cal.threshold:.4f} (precision {cal.precision:.3f}, recall "
+                f"{cal.recall:.3f} on {len(cal.items)} planted copies)"
+            )
+        else:
+            calibrations[s.name] = None
+            thresholds[s.name] = float(np.float32(cfg.threshold))
+    seconds["calibrate"] = time.perf_counter() - t
+
+    offsets = np.cumsum([0] + [len(s) for s in prep.eval_sets])
+    index = EvalIndex(
+        kind=detector.kind,
+        dim=detector.dim,
+        codes=np.concatenate([codes[s.name][0] for s in prep.eval_sets]),
+        thresholds=np.concatenate(
+            [np.full(len(s), thresholds[s.name], np.float32) for s in prep.eval_sets]
+        ),
+        valid=np.concatenate([codes[s.name][1] for s in prep.eval_sets]),
+    )
+    t = time.perf_counter()
+    result = _search(job, prep, index, log)
+    seconds["search"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    out = job.out
+    out.mkdir(parents=True, exist_ok=True)
+    per_set: dict[str, dict[str, object]] = {}
+    for i, s in enumerate(prep.eval_sets):
+        rows = slice(int(offsets[i]), int(offsets[i + 1]))
+        per_set[s.name] = _write_eval_set(
+            s,
+            rows,
+            result,
+            prep,
+            thresholds[s.name],
+            calibrations[s.name],
+            codes[s.name][1],
+            cfg,
+            out / s.name,
+        )
+    _write_decontaminate(prep, result, offsets, out / "decontaminate.parquet")
+    bonf = bonferroni({n: r["p_value"] for n, r in per_set.items()}, cfg.alpha)  # type: ignore[misc]
+    rep.write_json(out / "report.json", per_set)
+    notes = _notes(prep, result, codes)
+    (out / "report.md").write_text(
+        rep.report_markdown(per_set, bonf, calibrations, cfg.confidence, notes), encoding="utf-8"
+    )
+    rep.plot_overlap(per_set, bonf["significant"], out / "overlap.png")  # type: ignore[arg-type]
+    seconds["write"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if cfg.contact_pairs:
+        _contact_sheets(prep, result, offsets, thresholds, cfg.contact_pairs, out)
+    seconds["contact_sheets"] = time.perf_counter() - t
+    rep.write_json(
+        out / "run.json",
+        {
+            "eval_sets": {
+                s.name: {
+                    "kind": s.kind,
+                    "root": str(s.root),
+                    "items": len(s),
+                    "undecodable": int((~codes[s.name][1]).sum()),
+                    "predictions": str(job.predictions.get(s.name, "")) or None,
+                }
+                for s in prep.eval_sets
+            },
+            "train": [str(t) for t in job.train],
+            "shards": len(prep.shards.paths),
+            "training_images": result.counters.to_dict(),
+            "detector": detector.describe(),
+            "config": _jsonable(asdict(cfg)),
+            "bonferroni": bonf,
+            "calibration": {
+                n: None
+                if c is None
+                else {
+                    "threshold": c.threshold,
+                    "precision": c.precision,
+                    "recall": c.recall,
+                    "target": c.target,
+                    "reached": c.reached,
+                    "items": len(c.items),
+                    "distractors": c.distractors,
+                }
+                for n, c in calibrations.items()
+            },
+            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        },
+    )
+    log(f"report: {out / 'report.md'}")
+    return OverlapReport(out, per_set, bonf, calibrations, result.counters.to_dict(), seconds)
+
+
+def _jsonable(d: Mapping[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            out[k] = None
+        elif isinstance(v, tuple):
+            out[k] = list(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _notes(
+    prep: Prepared, result: SearchResult, codes: Mapping[str, tuple[np.ndarray, np.ndarray]]
+) -> list[str]:
+    c = result.counters
+    notes = [
+        f"Training images searched: {c['embedded']:,} from {len(prep.shards.paths)} shard(s); "
+        f"undecodable {c['undecodable']:,}; damaged tars {c['corrupt_tar']:,}, skipped damaged "
+        f"members {c['corrupt_member']:,}, samples without an image {c['no_image']:,}."
+    ]
+    for s in prep.eval_sets:
+        bad = int((~codes[s.name][1]).sum())
+        if bad:
+            notes.append(
+                f"{s.name}: {bad:,} eval image(s) could not be decoded; they count as Clean."
+            )
+    if any(s.name not in prep.predictions for s in prep.eval_sets):
+        notes.append(
+            "Accuracies need --predictions NAME:FILE; sets without one report overlap only."
+        )
+    return notes
+
+
+def _key_columns(refs: np.ndarray, result: SearchResult, shards: TrainShards) -> dict[str, list]:
+    keys, sources, shard_names = [], [], []
+    for r in refs:
+        if r == EMPTY_REF:
+            keys.append(None)
+            sources.append(None)
+            shard_names.append(None)
+        else:
+            sid = ref_shard(int(r))
+            keys.append(result.key(int(r)))
+            sources.append(shards.sources[sid])
+            shard_names.append(shards.relative(sid))
+    return {"train_key": keys, "train_source": sources, "train_shard": shard_names}
+
+
+def _write_eval_set(
+    s: EvalSet,
+    rows: slice,
+    result: SearchResult,
+    prep: Prepared,
+    threshold: float,
+    cal: Calibration | None,
+    valid: np.ndarray,
+    cfg: OverlapConfig,
+    folder: Path,
+) -> dict[str, object]:
+    folder.mkdir(parents=True, exist_ok=True)
+    top_scores = result.top_scores[rows]
+    top_refs = result.top_refs[rows]
+    best = top_scores[:, 0]
+    overlap = valid & (top_refs[:, 0] != EMPTY_REF) & (best >= np.float32(threshold))
+    score_col = [
+        None if r == EMPTY_REF else float(v) for v, r in zip(best, top_refs[:, 0], strict=True)
+    ]
+    columns: dict[str, object] = {
+        "id": list(s.ids),
+        "label": s.labels.tolist(),
+        "split": ["overlap" if o else "clean" for o in overlap],
+        "score": score_col,
+        **_key_columns(top_refs[:, 0], result, prep.shards),
+    }
+    correct = None
+    if s.name in prep.predictions:
+        pred = prep.predictions[s.name]
+        correct = pred == s.labels
+        columns["prediction"] = pred.tolist()
+        columns["correct"] = correct.tolist()
+    pq.write_table(pa.table(columns), folder / "splits.parquet")
+    # Every kept neighbour, rank 1 first, for inspection beyond the nearest one.
+    r_idx, rank = np.nonzero(top_refs != EMPTY_REF)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [s.ids[i] for i in r_idx],
+                "rank": (rank + 1).tolist(),
+                "score": top_scores[r_idx, rank].astype(float).tolist(),
+                **_key_columns(top_refs[r_idx, rank], result, prep.shards),
+            }
+        ),
+        folder / "neighbours.parquet",
+    )
+    if cal is not None:
+        _write_calibration(s, cal, folder)
+    counts = SplitCounts.from_arrays(overlap, correct)
+    return split_statistics(counts, threshold, prep.detector.describe(), cfg.confidence)
+
+
+def _write_calibration(s: EvalSet, cal: Calibration, folder: Path) -> None:
+    pq.write_table(
+        pa.table(
+            {
+                "threshold": cal.curve_thresholds.astype(float),
+                "tp": cal.curve_tp,
+                "fp": cal.curve_fp,
+                "precision": cal.curve_precision,
+                "recall": cal.curve_recall,
+            }
+        ),
+        folder / "calibration.parquet",
+    )
+    n = len(s)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [s.ids[i] for i in cal.items],
+                "copy_score": cal.positive.astype(float),
+                "distractor_score": cal.negative.astype(float),
+                "distractor": [
+                    s.ids[r] if r < n else f"copy of {s.ids[cal.items[r - n]]}"
+                    for r in cal.negative_ref
+                ],
+            }
+        ),
+        folder / "calibration_items.parquet",
+    )
+    rep.plot_pr_curve(cal, s.name, folder / "pr_curve.png")
+
+
+def _write_decontaminate(
+    prep: Prepared, result: SearchResult, offsets: np.ndarray, path: Path
+) -> None:
+    """Training images matching any eval item: what training should leave out."""
+    set_of_row = np.searchsorted(offsets, result.match_rows, side="right") - 1
+    order = np.lexsort((result.match_rows, result.match_refs))
+    refs = result.match_refs[order]
+    rows = result.match_rows[order]
+    cols = _key_columns(refs, result, prep.shards)
+    names = [prep.eval_sets[k].name for k in set_of_row[order]]
+    ids = [
+        prep.eval_sets[k].ids[r - offsets[k]] for k, r in zip(set_of_row[order], rows, strict=True)
+    ]
+    pq.write_table(
+        pa.table(
+            {
+                **cols,
+                "eval_set": pa.array(names, pa.string()),
+                "eval_id": pa.array(ids, pa.string()),
+                "score": pa.array(result.match_scores[order].astype(float), pa.float64()),
+            },
+            schema=pa.schema(
+                [
+                    ("train_key", pa.string()),
+                    ("train_source", pa.string()),
+                    ("train_shard", pa.string()),
+                    ("eval_set", pa.string()),
+                    ("eval_id", pa.string()),
+                    ("score", pa.float64()),
+                ]
+            ),
+        ),
+        path,
+    )
+
+
+def _contact_sheets(
+    prep: Prepared,
+    result: SearchResult,
+    offsets: np.ndarray,
+    thresholds: Mapping[str, float],
+    n_pairs: int,
+    out: Path,
+) -> None:
+    chosen: dict[str, np.ndarray] = {}
+    wanted: dict[int, set[int]] = {}
+    for i, s in enumerate(prep.eval_sets):
+        rows = slice(int(offsets[i]), int(offsets[i + 1]))
+        scores = np.where(
+            result.top_refs[rows, 0] != EMPTY_REF, result.top_scores[rows, 0], -np.inf
+        )
+        picked = rep.borderline_rows(scores.astype(np.float64), thresholds[s.name], n_pairs)
+        chosen[s.name] = picked
+        for r in result.top_refs[rows, 0][picked]:
+            wanted.setdefault(ref_shard(int(r)), set()).add(ref_index(int(r)))
+    images = _fetch_training_images(prep.shards, wanted)
+    for i, s in enumerate(prep.eval_sets):
+        rows = slice(int(offsets[i]), int(offsets[i + 1]))
+        pairs = []
+        for r in chosen[s.name]:
+            ref = int(result.top_refs[rows, 0][r])
+            try:
+                eval_img = s.images.image(int(r))
+            except Exception:  # an undecodable eval image still shows its pair, blank
+                eval_img = None
+            pairs.append(
+                rep.Pair(
+                    s.ids[r],
+                    result.key(ref),
+                    float(result.top_scores[rows, 0][r]),
+                    eval_img,
+                    images.get((ref_shard(ref), ref_index(ref))),
+                )
+            )
+        rep.contact_sheet(pairs, thresholds[s.name], s.name, out / s.name / "borderline.png")
+
+
+def _fetch_training_images(
+    shards: TrainShards, wanted: Mapping[int, set[int]]
+) -> dict[tuple[int, int], bytes]:
+    """Image bytes of a few training samples, reading only the shards that hold them."""
+    got: dict[tuple[int, int], bytes] = {}
+    for sid, indices in wanted.items():
+        left = set(indices)
+        for sample in iter_shard(shards.paths[sid], Counters()):
+            if sample.index in left:
+                got[(sid, sample.index)] = sample.image
+                left.discard(sample.index)
+                if not left:
+                    break
+    return got
+
+
+def parse_named_paths(
+    values: Sequence[str], known: Sequence[str], what: str
+) -> tuple[dict[str, Path], list[Path]]:
+    """``NAME:PATH`` entries (NAME among ``known``) and plain paths, from repeated flags."""
+    named: dict[str, Path] = {}
+    plain: list[Path] = []
+    for v in values:
+        name, sep, rest = v.partition(":")
+        if sep and name in known:
+            if name in named:
+                raise EvalSetError(f"{what} for {name} given twice")
+            named[name] = Path(rest).expanduser()
+        else:
+            plain.append(Path(v).expanduser())
+    return named, plain

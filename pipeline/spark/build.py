@@ -1,0 +1,443 @@
+"""The WIT build on Spark: sources -> clean -> dedup -> match -> balance -> download -> dedup
+-> report. Every stage is a plain-Python step of the pipeline; this module only
+distributes them and keeps the books.
+
+Every candidate ends as one row of ``DIR/candidates/`` with its fate (``kept`` or the
+reason it was dropped); every selected pair as one row of the download ledger
+(``DIR/ledger/``); every downloaded image as a sample of ``DIR/shards/`` and, unless it
+duplicates another, a row of ``DIR/final.parquet``. ``DIR/stats.json`` holds the funnel,
+which is checked against those rows before it is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import ConfigError, DownloadConfig
+from pipeline.curate.balance import BalanceConfig
+from pipeline.curate.clean import CleanConfig
+from pipeline.curate.dedup_candidates import CandidateDedupConfig
+from pipeline.curate.match import MatchConfig
+from pipeline.curate.queries import QueryConfig
+from pipeline.dedup.images import DedupConfig
+from pipeline.sources.crawl import CrawlConfig
+from pipeline.sources.html import ExtractConfig
+from pipeline.stats.counters import Counters
+from pipeline.stats.funnel import Funnel
+
+ENGINES = ("native",)
+KEPT = "kept"
+DROPPED = "dropped"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    output: str = "data/demo"
+    warc: tuple[str, ...] = ()  # WARC/WAT files or globs, local or fsspec URLs
+    pairs: tuple[str, ...] = ()  # pair lists (the engine's formats)
+    crawl: tuple[str, ...] = ()  # seed pages
+    queries: str = ""  # a saved query list; empty: build one (QueryConfig)
+    engine: str = "native"
+    sample_sheet: int = 24  # images on the contact sheet
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    crawler: CrawlConfig = field(default_factory=CrawlConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    candidate_dedup: CandidateDedupConfig = field(default_factory=CandidateDedupConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    match: MatchConfig = field(default_factory=MatchConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+
+
+# ---- partition steps (run in Spark tasks; plain Python) -----------------------------------
+
+Row = dict[str, Any]
+Tagged = tuple[str, Any]  # ("row", Row) or ("counters", dict)
+
+
+def _tagged(step: Callable[[Iterator[Row]], Iterator[Row]], counters: Counters) -> Callable:
+    """Wrap a partition step so that its counters travel with its rows."""
+
+    def run(rows: Iterator[Row]) -> Iterator[Tagged]:
+        for row in step(rows):
+            yield "row", row
+        yield "counters", counters.to_dict()
+
+    return run
+
+
+def _extract_warc_file(path: str, extract: ExtractConfig) -> Iterator[Tagged]:
+    from pipeline.sources.warc import iter_candidates
+
+    counters = Counters()
+    for i, c in enumerate(iter_candidates(path, extract, counters)):
+        yield "row", {**c.to_dict(), "candidate_id": f"warc:{path}#{i:09d}"}
+    yield "counters", counters.to_dict()
+
+
+def _clean_partition(rows: Iterator[Row], config: CleanConfig) -> Iterator[Tagged]:
+    from pipeline.curate.clean import CaptionCleaner
+    from pipeline.curate.records import Candidate
+
+    step = CaptionCleaner(config, emit_dropped=True)
+    ids: list[str] = []
+
+    def candidates() -> Iterator[Candidate]:
+        for r in rows:
+            ids.append(r["candidate_id"])
+            yield Candidate.from_dict(r)
+
+    for i, c in enumerate(step(candidates())):
+        yield "row", {**c.to_dict(), "candidate_id": ids[i]}
+    yield "counters", step.counters.to_dict()
+
+
+def _dedup_partition(rows: Iterable[Row], config: CandidateDedupConfig) -> Iterator[Tagged]:
+    """All copies of a key are in this partition; the smallest candidate id wins."""
+    from pipeline.curate.dedup_candidates import CandidateDeduplicator
+    from pipeline.curate.records import Candidate
+
+    step = CandidateDeduplicator(config, emit_dropped=True)
+    ordered = sorted(rows, key=lambda r: r["candidate_id"])
+    for r, c in zip(ordered, step(Candidate.from_dict(r) for r in ordered), strict=True):
+        yield "row", {**c.to_dict(), "candidate_id": r["candidate_id"]}
+    yield "counters", step.counters.to_dict()
+
+
+def _match_partition(rows: Iterator[Row], matcher: Any) -> Iterator[Row]:
+    for r in rows:
+        r["matched"] = matcher.match(r["caption"]) if r["status"] == KEPT else []
+        yield r
+
+
+def _count_partition(rows: Iterator[Row], n_entries: int) -> Iterator[Any]:
+    from pipeline.curate.balance import EntryCounts
+
+    yield EntryCounts.from_matches([r["matched"] for r in rows if r["status"] == KEPT], n_entries)
+
+
+def _balance_partition(rows: Iterator[Row], balancer: Any) -> Iterator[Row]:
+    from pipeline.curate.balance import pair_key
+
+    for r in rows:
+        if r["status"] == KEPT:
+            reason = balancer.decide(pair_key(r["url"], r["caption"]), r["matched"])
+            if reason is not None:
+                r["status"], r["reason"] = DROPPED, reason
+        yield r
+
+
+# ---- driver ---------------------------------------------------------------------------------
+
+
+def _split(tagged: Any) -> tuple[Any, Counters]:
+    """Rows of a tagged RDD (cached) and its merged counters."""
+    tagged = tagged.cache()
+    counters = sum(
+        (
+            Counters.from_dict(d)
+            for d in tagged.filter(lambda t: t[0] == "counters").map(lambda t: t[1]).collect()
+        ),
+        Counters(),
+    )
+    return tagged.filter(lambda t: t[0] == "row").map(lambda t: t[1]), counters
+
+
+def _driver_candidates(
+    config: BuildConfig, log: Callable[[str], None]
+) -> tuple[list[Row], Counters]:
+    from pipeline.curate.records import candidate_from_pair_row
+    from pipeline.sources.crawl import crawl
+    from pipeline.sources.pairs import read_pairs
+
+    rows: list[Row] = []
+    counters = Counters()
+    for path in config.pairs:
+        d = config.download
+        for pr in read_pairs(path, d.url_col, d.caption_col):
+            c = candidate_from_pair_row(pr)
+            rows.append({**c.to_dict(), "candidate_id": f"pairs:{path}#{pr.row_index:09d}"})
+        counters.add("pairs.files")
+    if config.crawl:
+        log(
+            f"crawl: {len(config.crawl)} seed(s), depth <= {config.crawler.max_depth}, pages <= {config.crawler.max_pages}"
+        )
+        result = crawl(config.crawl, config.crawler, config.download.fetch, config.extract)
+        for i, c in enumerate(result.candidates):
+            rows.append({**c.to_dict(), "candidate_id": f"crawl:{i:09d}"})
+        counters = counters + result.counters
+    return rows, counters
+
+
+def _query_entries(config: BuildConfig, out: Path) -> list[str]:
+    from pipeline.curate.queries import build_queries, load_queries, query_entries, save_queries
+
+    table = load_queries(config.queries) if config.queries else build_queries(config.query)
+    save_queries(table, out / "queries.parquet")
+    return query_entries(table)
+
+
+_CANDIDATE_COLUMNS = (
+    "candidate_id",
+    "source",
+    "page_url",
+    "url",
+    "caption",
+    "caption_source",
+    "status",
+    "reason",
+)
+
+
+def _write_candidates(spark: Any, rows: Any, out: Path) -> None:
+    from pyspark.sql.types import ArrayType, IntegerType, StringType, StructField, StructType
+
+    fields = [StructField(c, StringType()) for c in _CANDIDATE_COLUMNS]
+    fields.append(StructField("matched", ArrayType(IntegerType())))
+    schema = StructType(fields)
+    data = rows.map(
+        lambda r: (*tuple(r.get(c) for c in _CANDIDATE_COLUMNS), r.get("matched") or [])
+    )
+    spark.createDataFrame(data, schema).write.mode("overwrite").parquet(str(out / "candidates"))
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def run_build(
+    spark: Any, config: BuildConfig, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """The whole job; returns what DIR/stats.json holds.
+
+    An fsspec ``output`` (``s3://...``) is built in a local staging folder (kept across
+    reruns on this machine, so a killed job resumes) and uploaded when complete, its
+    stats.json last: a reader that sees stats.json sees a complete dataset.
+    """
+    if not is_remote(config.output):
+        return _run_build(spark, config, log)
+    import hashlib
+
+    import fsspec
+
+    fs, remote = fsspec.core.url_to_fs(config.output)
+    if fs.exists(f"{remote}/stats.json"):
+        log(f"{config.output} is complete (stats.json present): nothing to do")
+        with fs.open(f"{remote}/stats.json") as f:
+            return json.load(f)
+    staging = (
+        Path(".wit-staging").resolve() / hashlib.sha256(config.output.encode()).hexdigest()[:16]
+    )
+    log(f"staging {config.output} in {staging}")
+    stats = _run_build(spark, dataclasses.replace(config, output=str(staging)), log)
+    files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != "stats.json")
+    for p in files:
+        fs.put_file(str(p), f"{remote}/{p.relative_to(staging).as_posix()}")
+    fs.put_file(str(staging / "stats.json"), f"{remote}/stats.json")
+    log(f"uploaded {len(files) + 1} files to {config.output}")
+    return stats
+
+
+def _run_build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    from pipeline.curate.balance import Balancer, EntryCounts
+    from pipeline.curate.dedup_candidates import dedup_key
+    from pipeline.curate.match import Matcher
+    from pipeline.curate.records import Candidate
+    from pipeline.shards.writer import write_json_atomic
+    from pipeline.sources.warc import expand_paths
+    from pipeline.spark.dedup import dedup_on_spark
+    from pipeline.spark.download import download_on_spark
+
+    started = time.time()
+    # Tasks run in other working directories: they get absolute paths.
+    config = dataclasses.replace(config, output=str(Path(config.output).resolve()))
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    sc = spark.sparkContext
+    parallelism = max(2, sc.defaultParallelism)
+
+    # 1. Extract
+    driver_rows, counters = _driver_candidates(config, log)
+    rdd = sc.parallelize(driver_rows, max(1, min(parallelism, len(driver_rows) // 1000 + 1)))
+    if config.warc:
+        files = expand_paths(config.warc)
+        log(f"extract: {len(files)} WARC/WAT file(s)")
+        extract = config.extract
+        warc_rows, warc_counters = _split(
+            sc.parallelize(files, len(files)).flatMap(lambda f: _extract_warc_file(f, extract))
+        )
+        rdd = rdd.union(warc_rows)
+        counters = counters + warc_counters
+    # Candidates a reader already refused (bad pair-list rows) are dropped from the start.
+    n_candidates = rdd.count()
+    if n_candidates == 0:
+        raise ConfigError(
+            "no candidates: give --warc, --pairs or --crawl inputs that hold images with text"
+        )
+    log(f"extract: {n_candidates:,} candidates")
+
+    # 2. Clean
+    clean_cfg = config.clean
+    cleaned, clean_counters = _split(rdd.mapPartitions(lambda it: _clean_partition(it, clean_cfg)))
+
+    # 3. Dedup candidates: route every copy of a key to one task, smallest id wins there.
+    dd_cfg = config.candidate_dedup
+
+    def route(r: Row) -> tuple[str, Row]:
+        key = dedup_key(Candidate.from_dict(r), dd_cfg) if r["status"] == KEPT else None
+        return (key or f"\x00{r['candidate_id']}", r)
+
+    deduped, dedup_counters = _split(
+        cleaned.map(route)
+        .partitionBy(parallelism)
+        .mapPartitions(lambda it: _dedup_partition((r for _, r in it), dd_cfg))
+    )
+
+    # 4. Queries, 5. match and balance
+    entries = _query_entries(config, out)
+    log(f"queries: {len(entries):,} entries")
+    matcher = sc.broadcast(Matcher(entries, config.match))
+    matched = deduped.mapPartitions(lambda it: _match_partition(it, matcher.value)).cache()
+    n_entries = len(entries)
+    counts = matched.mapPartitions(lambda it: _count_partition(it, n_entries)).reduce(
+        lambda a, b: a + b
+    )
+    balancer = sc.broadcast(Balancer(counts, config.balance))
+    fates = matched.mapPartitions(lambda it: _balance_partition(it, balancer.value)).cache()
+    _write_candidates(spark, fates, out)
+    reasons = dict(
+        fates.map(lambda r: (r["reason"] or KEPT, 1)).reduceByKey(lambda a, b: a + b).collect()
+    )
+    selected = (
+        fates.filter(lambda r: r["status"] == KEPT)
+        .map(
+            lambda r: {
+                "url": r["url"],
+                "caption": r["caption"],
+                "candidate_id": r["candidate_id"],
+                "source": r["source"],
+                "page_url": r["page_url"],
+                "caption_source": r["caption_source"],
+                "queries": r["matched"],  # entry ids here, names below
+            }
+        )
+        .collect()
+    )
+    selected.sort(key=lambda r: r["candidate_id"])  # a deterministic shard plan
+    kept_counts = EntryCounts.from_matches([r["queries"] for r in selected], n_entries)
+    for r in selected:
+        r["queries"] = [entries[e] for e in r["queries"]]
+    log(f"select: {len(selected):,} pairs after cleaning, dedup, matching and balancing")
+    pairs_path = out / "selected.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(selected)
+        if selected
+        else pa.table({"url": pa.array([], pa.string()), "caption": pa.array([], pa.string())}),
+        pairs_path,
+    )
+
+    # 6. Download
+    if selected:
+        dl = download_on_spark(spark, str(pairs_path), out, config.download)
+    else:
+        dl = {"rows": 0, "status_counts": {}, "successes": 0, "shards": 0}
+    log(f"download: {dl['successes']:,} of {dl['rows']:,} images")
+
+    # 7. Dedup images
+    if dl.get("shards"):
+        dd = dedup_on_spark(spark, out, dl["shards"], config.dedup)
+    else:
+        dd = {"images": 0, "undecodable": 0, "exact": 0, "near": 0, "final": 0}
+    log(
+        f"dedup: {dd['exact']:,} exact and {dd['near']:,} near duplicates; {dd['final']:,} in the final dataset"
+    )
+
+    # 8. Funnel and report
+    funnel = _funnel(n_candidates, reasons, clean_counters, dedup_counters, dl, dd)
+    stats = {
+        "funnel": funnel.to_dict(),
+        "counters": {
+            "extract": counters.to_dict(),
+            "clean": clean_counters.to_dict(),
+            "candidate_dedup": dedup_counters.to_dict(),
+        },
+        "queries": {
+            "entries": n_entries,
+            "pairs_matched": int(counts.matched_pairs),
+            "pairs_considered": int(counts.pairs),
+            "share_matched": (counts.matched_pairs / counts.pairs) if counts.pairs else None,
+            "entries_matched": int((counts.counts > 0).sum()),
+            "top_entries_before": _top(counts.counts, entries),
+            "top_entries_after": _top(kept_counts.counts, entries),
+            "max_per_query": config.balance.max_per_query,
+        },
+        "download": {k: v for k, v in dl.items() if k != "config"},
+        "dedup": dd,
+        "elapsed_s": round(time.time() - started, 2),
+        "config": dataclasses.asdict(config),
+    }
+    write_json_atomic(out / "stats.json", stats)
+    from pipeline.stats.card import write_report
+
+    write_report(out, funnel, stats, config.sample_sheet)
+    return stats
+
+
+def _top(counts: Any, entries: list[str], n: int = 20) -> list[tuple[str, int]]:
+    import numpy as np
+
+    order = np.argsort(-counts, kind="stable")[:n]
+    return [(entries[int(e)], int(counts[e])) for e in order if counts[e] > 0]
+
+
+def _funnel(
+    n_candidates: int,
+    reasons: dict[str, int],
+    clean_counters: Counters,
+    dedup_counters: Counters,
+    dl: dict[str, Any],
+    dd: dict[str, Any],
+) -> Funnel:
+    """The funnel, from the counters of each stage; checked against the rows' own fates."""
+    from pipeline.curate.balance import DROP_BALANCED, DROP_UNMATCHED
+
+    clean_drops = clean_counters.with_prefix("clean.drop.")
+    dedup_drops = dedup_counters.with_prefix("dedup.drop.")
+    stage_reasons = set(clean_drops) | set(dedup_drops) | {DROP_UNMATCHED, DROP_BALANCED, KEPT}
+    source_drops = {k: v for k, v in reasons.items() if k not in stage_reasons}
+    funnel = Funnel("candidates", n_candidates)
+    funnel.add("readable", source_drops)
+    funnel.add("cleaned", clean_drops)
+    funnel.add("unique", dedup_drops)
+    funnel.add("matched", {DROP_UNMATCHED: reasons.get(DROP_UNMATCHED, 0)})
+    funnel.add("balanced", {DROP_BALANCED: reasons.get(DROP_BALANCED, 0)})
+    funnel.add(
+        "downloaded", {k: v for k, v in dl.get("status_counts", {}).items() if k != "success"}
+    )
+    funnel.add("deduplicated", {"exact_duplicate": dd["exact"], "near_duplicate": dd["near"]})
+    funnel.check(
+        {
+            "balanced": reasons.get(KEPT, 0),
+            "downloaded": dl.get("successes", 0),
+            "deduplicated": dd["final"],
+        }
+    )
+    return funnel
+
+
+def load_stats(output: str | Path) -> dict[str, Any]:
+    return json.loads((Path(output) / "stats.json").read_text())

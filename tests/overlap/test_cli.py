@@ -1,0 +1,212 @@
+"""python -m pipeline.overlap: a good run, and every fail-fast path as one line and exit 2,
+before anything is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.overlap.__main__ import main
+from tests.overlap.conftest import Scenario
+from tests.overlap.layouts import write_cifar10, write_imagefolder
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse exits
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_run_from_the_command_line_with_a_config_file(
+    scenario: Scenario, tmp_path: Path, capsys
+) -> None:
+    cfg = tmp_path / "overlap.toml"
+    cfg.write_text("threshold = 0.9\ncalibration-items = 20\n[search]\nprocesses = 1\ntop_k = 2\n")
+    out = tmp_path / "report"
+    code, stdout, err = _run(
+        ["--eval", "cifar10", "--eval-root", f"cifar10:{scenario.cifar}", "--eval", f"pets=imagefolder:{scenario.pets}",
+         "--train", str(scenario.ours), "--train", str(scenario.i2d), "--out", str(out),
+         "--predictions", f"cifar10:{scenario.cifar_predictions}", "--config", str(cfg),
+         "--contact-pairs", "4"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "cifar10: 3 of 60 items overlap (5.00%), All - Clean +3.42%" in stdout
+    assert "pets: 4 of 30 items overlap (13.33%)\n" in stdout  # no predictions: no accuracy
+    report = json.loads((out / "report.json").read_text())
+    assert report["pets"]["acc_all"] is None and report["cifar10"]["threshold"] == pytest.approx(
+        0.9
+    )
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["top_k"] == 2 and run["config"]["contact_pairs"] == 4
+
+
+def test_help_lists_the_options(capsys) -> None:
+    code, out, _ = _run(["--help"], capsys)
+    assert code == 0
+    for flag in ("--eval", "--eval-root", "--train", "--out", "--detector", "--precision", "--threshold",
+                 "--predictions", "--checkpoint", "--spark", "--top-k", "--config"):  # fmt: skip
+        assert flag in out
+
+
+@pytest.fixture
+def base(scenario: Scenario, tmp_path: Path) -> dict[str, str]:
+    return {"train": str(scenario.ours), "out": str(tmp_path / "never-written")}
+
+
+CASES: list[tuple[str, list[str], str]] = [
+    (
+        "unknown eval set",
+        ["--eval", "imagenet21k"],
+        r"--eval 'imagenet21k': expected NAME, NAME:PATH .* one of imagenet, cifar10",
+    ),
+    (
+        "eval path missing",
+        ["--eval", "cifar10:{tmp}/nope"],
+        r"nope does not exist; expected the CIFAR-10 binary release: PATH/test_batch\.bin",
+    ),
+    (
+        "no path, no root",
+        ["--eval", "stl10"],
+        r"eval set stl10: not found \(no --eval-root given\); give --eval stl10:PATH .*test_X\.bin",
+    ),
+    (
+        "wrong layout",
+        ["--eval", "imagenet:{tmp}/pets"],
+        r"eval set imagenet: no synset folders \(n01440764, \.\.\.\) in .*pets; expected ILSVRC2012 val as a class-folder tree",
+    ),
+    (
+        "malformed cifar",
+        ["--eval", "cifar10:{tmp}/badcifar"],
+        r"test_batch\.bin is 3000 bytes, not a whole number of 3073-byte records",
+    ),
+    (
+        "same set twice",
+        ["--eval", "cifar10:{tmp}/c", "--eval", "cifar10:{tmp}/c"],
+        r"eval set cifar10 given twice; name one of them ALIAS=cifar10:PATH",
+    ),
+    (
+        "two eval roots",
+        ["--eval", "cifar10", "--eval-root", "{tmp}", "--eval-root", "{tmp}/x"],
+        r"--eval-root DIR given twice",
+    ),
+    (
+        "train missing",
+        ["--eval", "cifar10:{tmp}/c", "--train", "{tmp}/nothing"],
+        r"training data .*nothing: no such folder",
+    ),
+    (
+        "train without shards",
+        ["--eval", "cifar10:{tmp}/c", "--train", "{tmp}/c"],
+        r"no shards found: expected .*/shards/\*\.tar \(wit-builder download\) or .*/\*\.tar \(img2dataset output\)",
+    ),
+    (
+        "checkpoint",
+        ["--eval", "cifar10:{tmp}/c", "--checkpoint", "{tmp}/m.pt"],
+        r"--checkpoint: not available yet: .*training stage .*torch",
+    ),
+    (
+        "embedding detector",
+        ["--eval", "cifar10:{tmp}/c", "--detector", "embedding:clip"],
+        r"detector embedding:clip: not available yet: .*torch \(not installed\)",
+    ),
+    (
+        "torchscript detector",
+        ["--eval", "cifar10:{tmp}/c", "--detector", "torchscript:{tmp}/sscd.pt"],
+        r"not available yet: TorchScript detectors .* need torch",
+    ),
+    (
+        "unknown detector",
+        ["--eval", "cifar10:{tmp}/c", "--detector", "sift"],
+        r"detector 'sift': unknown; available: phash",
+    ),
+    (
+        "precision out of range",
+        ["--eval", "cifar10:{tmp}/c", "--precision", "1.5"],
+        r"precision must be in \(0, 1\], got 1\.5",
+    ),
+    (
+        "infinite threshold",
+        ["--eval", "cifar10:{tmp}/c", "--threshold", "inf"],
+        r"threshold must be a finite similarity",
+    ),
+    (
+        "unknown hash",
+        ["--eval", "cifar10:{tmp}/c", "--hashes", "phash,colorhash"],
+        r"hashes: unknown colorhash",
+    ),
+    (
+        "bad number",
+        ["--eval", "cifar10:{tmp}/c", "--top-k", "many"],
+        r"top_k must be a int, got 'many'",
+    ),
+    (
+        "config unknown key",
+        ["--eval", "cifar10:{tmp}/c", "--config", "{tmp}/bad.toml"],
+        r"unknown setting\(s\): colour",
+    ),
+    (
+        "predictions without name, two sets",
+        [
+            "--eval",
+            "cifar10:{tmp}/c",
+            "--eval",
+            "pets=imagefolder:{tmp}/pets",
+            "--predictions",
+            "{tmp}/p.csv",
+        ],
+        r"--predictions FILE without a name needs exactly one --eval",
+    ),
+    (
+        "predictions file missing",
+        ["--eval", "cifar10:{tmp}/c", "--predictions", "{tmp}/none.csv"],
+        r"predictions file .*none\.csv: not found",
+    ),
+    (
+        "predictions wrong columns",
+        ["--eval", "cifar10:{tmp}/c", "--predictions", "cifar10:{tmp}/cols.csv"],
+        r"missing column\(s\) prediction; expected columns id and prediction",
+    ),
+    (
+        "one-item set cannot be calibrated",
+        ["--eval", "one=imagefolder:{tmp}/one"],
+        r"eval set one: 1 item\(s\), too few to calibrate a threshold; give --threshold",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "args", "message"), CASES, ids=[c[0] for c in CASES])
+def test_fail_fast_with_one_clear_line(
+    case: str, args: list[str], message: str, base, tmp_path: Path, capsys
+) -> None:
+    import re
+
+    write_cifar10(tmp_path / "c", 3)
+    write_imagefolder(tmp_path / "pets", ["cat", "dog"], 1)
+    write_imagefolder(tmp_path / "one", ["x"], 1)
+    (tmp_path / "badcifar").mkdir()
+    (tmp_path / "badcifar" / "test_batch.bin").write_bytes(b"\0" * 3000)
+    (tmp_path / "badcifar" / "batches.meta.txt").write_text("a\n")
+    (tmp_path / "bad.toml").write_text("colour = 'red'\n")
+    (tmp_path / "cols.csv").write_text("id,pred\n0,1\n")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--train" not in argv:
+        argv += ["--train", base["train"]]
+    argv += ["--out", base["out"]]
+    code, out, err = _run(argv, capsys)
+    assert code == 2, (case, err)
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert re.search(message, err), err
+    assert out == ""
+    assert not Path(base["out"]).exists(), "fail-fast paths must not write anything"
+
+
+def test_missing_required_options_are_one_line(capsys) -> None:
+    code, _, err = _run(["--eval", "cifar10"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "required: --train, --out" in err

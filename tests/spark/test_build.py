@@ -1,0 +1,191 @@
+"""spark-submit jobs/build_wit.py end to end: a crawl of the synthweb and generated WARC
+files in, a balanced, deduplicated dataset and a funnel that adds up out."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.demo import demo_config
+from pipeline.engine import ledger_rows
+from pipeline.sources.pairs import InputError
+from pipeline.spark.build import BuildConfig, run_build
+from pipeline.synthweb.server import SynthWeb
+from pipeline.synthweb.site import SiteSpec
+
+SPEC = SiteSpec(seed=21, n_images=40, n_hosts=2, n_pages=4, stall_seconds=4.0)
+
+
+@pytest.fixture(scope="module")
+def web():
+    with SynthWeb(SPEC) as server:
+        server.warm()
+        yield server
+
+
+def _config(web: SynthWeb, out: Path, **changes) -> BuildConfig:
+    base = BuildConfig(
+        output=str(out), query=dataclasses.replace(BuildConfig().query, unigram_source="none")
+    )
+    cfg = demo_config(base, web)
+    cfg = dataclasses.replace(
+        cfg, download=dataclasses.replace(cfg.download, samples_per_shard=16, threads=8)
+    )
+    return dataclasses.replace(cfg, **changes)
+
+
+def _candidates(out: Path) -> list[dict]:
+    return pq.read_table(out / "candidates").to_pylist()
+
+
+@pytest.fixture(scope="module")
+def built(spark, web, tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "ds"
+    stats = run_build(spark, _config(web, out), log=lambda m: None)
+    return out, stats
+
+
+def test_every_candidate_is_accounted_for_at_every_stage(built) -> None:
+    out, stats = built
+    rows = _candidates(out)
+    fates = Counter(r["reason"] or r["status"] for r in rows)
+    funnel = stats["funnel"]
+    assert funnel["start"]["count"] == len(rows)
+    by_stage = {s["name"]: s for s in funnel["stages"]}
+    # the rows' own fates give the same drops as the stage counters
+    for stage in ("cleaned", "unique", "matched", "balanced"):
+        for reason, n in by_stage[stage]["drops"].items():
+            assert fates[reason] == n, (stage, reason)
+    assert by_stage["balanced"]["count"] == fates["kept"]
+    ledger = list(ledger_rows(out))
+    assert len(ledger) == fates["kept"]  # every selected pair has one download ledger row
+    assert by_stage["downloaded"]["count"] == sum(r["status"] == "success" for r in ledger)
+    final = pq.read_table(out / "final.parquet").to_pylist()
+    assert by_stage["deduplicated"]["count"] == len(final)
+    assert (out / "README.md").read_text().count("| candidates |") == 1
+    for png in ("funnel.png", "contact_sheet.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_balancing_caps_hold_and_the_report_says_so(built) -> None:
+    out, stats = built
+    cap = 25
+    kept = [r for r in _candidates(out) if r["status"] == "kept"]
+    per_entry = Counter(e for r in kept for e in r["matched"])
+    before = Counter(
+        e for r in _candidates(out) if r["reason"] in (None, "balanced") for e in r["matched"]
+    )
+    for entry, n_before in before.items():
+        if n_before <= cap:
+            assert per_entry[entry] == n_before  # a tail entry keeps every pair
+    assert stats["queries"]["max_per_query"] == cap
+    assert stats["queries"]["share_matched"] > 0.5
+
+
+def test_rerun_is_identical_and_fetches_nothing_again(spark, web, built) -> None:
+    out, stats = built
+    first_final = pq.read_table(out / "final.parquet").column("key").to_pylist()
+    first_selected = pq.read_table(out / "selected.parquet").column("url").to_pylist()
+    web.clear_log()
+    again = run_build(spark, _config(web, out), log=lambda m: None)
+    assert pq.read_table(out / "final.parquet").column("key").to_pylist() == first_final
+    assert pq.read_table(out / "selected.parquet").column("url").to_pylist() == first_selected
+    assert again["funnel"] == stats["funnel"]
+    image_requests = [
+        p
+        for (_, _, p, _) in web.request_log
+        if not p.startswith("/pages") and p not in ("/", "/robots.txt")
+    ]
+    assert image_requests == []  # committed shards were not downloaded again
+
+
+def _warc(path: Path, web: SynthWeb, pages: list[tuple[int, int]], malformed: bool) -> None:
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for host, page in pages:
+            url = f"{web.base_url(host)}/pages/{page}.html"
+            body = web.site.render_page(host, page, web.port)
+            headers = StatusAndHeaders(
+                "200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1"
+            )
+            record = writer.create_warc_record(
+                url,
+                "response",
+                payload=io.BytesIO(body if isinstance(body, bytes) else body.encode()),
+                http_headers=headers,
+            )
+            writer.write_record(record)
+    if malformed:
+        with open(path, "ab") as f:
+            f.write(b"WARC/1.0\r\nWARC-Type: response\r\nContent-Length: 99999\r\n\r\ntruncated")
+
+
+def test_warc_input_with_a_malformed_record(spark, web, tmp_path: Path) -> None:
+    _warc(tmp_path / "a.warc.gz", web, [(0, 0), (0, 1)], malformed=False)
+    _warc(tmp_path / "b.warc.gz", web, [(1, 2)], malformed=True)
+    cfg = dataclasses.replace(
+        _config(web, tmp_path / "ds"), crawl=(), warc=(str(tmp_path / "*.warc.gz"),)
+    )
+    stats = run_build(spark, cfg, log=lambda m: None)
+    expected = sum(
+        1
+        for h, p in [(0, 0), (0, 1), (1, 2)]
+        for pair in web.site.page_pairs(h, p, web.port)
+        if pair["caption"] is not None  # an <img> without text is counted, not a candidate
+    )
+    assert stats["funnel"]["start"]["count"] == expected
+    extract = stats["counters"]["extract"]
+    assert extract["warc.files"] == 2
+    assert sum(v for k, v in extract.items() if k.startswith("warc.skip.")) >= 1
+
+
+def test_bad_inputs_are_clear_errors(spark, web, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no input file matches"):
+        run_build(
+            spark,
+            dataclasses.replace(
+                _config(web, tmp_path / "x"), crawl=(), warc=(str(tmp_path / "none*.warc"),)
+            ),
+        )
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("link,caption\nhttp://127.0.0.1/x.jpg,a cat\n")
+    with pytest.raises(InputError, match="column 'url' not found"):
+        run_build(
+            spark, dataclasses.replace(_config(web, tmp_path / "y"), crawl=(), pairs=(str(bad),))
+        )
+    with pytest.raises(ConfigError, match="engine must be one of"):
+        BuildConfig(engine="wget")
+
+
+def test_job_cli_help_and_stats_file(built) -> None:
+    import subprocess
+    import sys
+
+    out, stats = built
+    assert json.loads((out / "stats.json").read_text())["funnel"] == stats["funnel"]
+    done = subprocess.run(
+        [sys.executable, "jobs/build_wit.py", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0
+    for flag in (
+        "--warc",
+        "--pairs",
+        "--crawl",
+        "--max-per-query",
+        "--allow-networks",
+        "--image-size",
+    ):
+        assert flag in done.stdout
