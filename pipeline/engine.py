@@ -401,13 +401,13 @@ def _process_shard_in_worker(shard_id: int, output: str, config: DownloadConfig)
     return process_shard(shard_id, output, config, progress=_worker_progress)
 
 
-class _RunLock:
+class RunLock:
     """One run writes to an output directory at a time."""
 
     def __init__(self, root: Path) -> None:
         self.path = root / ".lock"
 
-    def __enter__(self) -> _RunLock:
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "w")
         try:
@@ -465,7 +465,7 @@ def run_download(
     root = Path(output)
     layout = OutputLayout(root)
     n_processes = config.processes or os.cpu_count() or 1
-    with _RunLock(root):
+    with RunLock(root):
         # Workers are forked first, while this process has no threads of its own and no
         # Arrow work in flight: fork is then safe, and ~0.7 s faster than spawn on 2 cores.
         pool = _WorkerPool(n_processes) if n_processes > 1 else None

@@ -253,6 +253,14 @@ def run_build(
 
 
 def _run_build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    from pipeline.engine import RunLock
+
+    Path(config.output).mkdir(parents=True, exist_ok=True)
+    with RunLock(Path(config.output)):  # one job per output directory
+        return _build(spark, config, log)
+
+
+def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[str, Any]:
     from pipeline.curate.balance import Balancer, EntryCounts
     from pipeline.curate.dedup_candidates import dedup_key
     from pipeline.curate.match import Matcher

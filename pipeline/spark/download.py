@@ -42,6 +42,9 @@ def download_on_spark(
     root = str(output)
     layout = OutputLayout(Path(root))
     the_plan = plan(input_path, root, config)
+    import shutil
+
+    shutil.rmtree(layout.tmp_dir, ignore_errors=True)  # what a killed run left half-written
     pending = [s for s in range(the_plan.n_shards) if not layout.is_committed(s)]
     before = merge_stats(layout, the_plan.n_shards)
     start = time.perf_counter()
@@ -55,8 +58,6 @@ def download_on_spark(
             .collect()
         )
     elapsed = time.perf_counter() - start
-    import shutil
-
     shutil.rmtree(layout.tmp_dir, ignore_errors=True)  # emptied by every committed shard
     stats = merge_stats(layout, the_plan.n_shards)
     todo_rows = sum(the_plan.rows_per_shard[s] for s in pending)
