@@ -5,7 +5,7 @@ entries). Captions are synthetic alt texts drawn from wordfreq's frequencies (Zi
 words, WordNet multi-word names, capitals, punctuation, numbers), generated once before
 timing; each size takes the first N. Stages are timed separately on one core, each on
 the same rows, in the order a job runs them, by CPU time (what a stage costs on a core
-of its own, steady on a shared machine) and by wall time:
+of its own, steadier on a shared machine) and by wall time:
 
 - clean: ``pipeline.curate.clean.CaptionCleaner`` over candidates (when that module is
   there; building the candidate objects is not timed),
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{f['entries_matched']:,} entries seen, {f['head_entries']:,} over t")  # fmt: skip
 
     out = {
-        "command": "python -m bench.curate " + " ".join(argv if argv is not None else []),
+        "command": ("python -m bench.curate " + " ".join(argv or [])).strip(),
         "date": time.strftime("%Y-%m-%d"),
         "machine": {
             "cpus": os.cpu_count(),

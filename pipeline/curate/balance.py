@@ -217,6 +217,15 @@ class Balancer:
         # left-to-right product per pair is the same number on every partitioning.
         self._one_minus = (1.0 - self.probabilities).tolist()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Broadcast the numpy array only; the list is rebuilt on the other side.
+        return {"config": self.config, "probabilities": self.probabilities}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.config = state["config"]
+        self.probabilities = state["probabilities"]
+        self._one_minus = (1.0 - self.probabilities).tolist()
+
     @property
     def n_entries(self) -> int:
         return len(self.probabilities)

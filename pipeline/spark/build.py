@@ -141,6 +141,31 @@ def _balance_partition(rows: Iterator[Row], balancer: Any) -> Iterator[Row]:
         yield r
 
 
+def _balance_stats_partition(rows: Iterator[Row], balancer: Any, n_entries: int) -> Iterator[Any]:
+    """Per entry, over the pairs that went into the draw: the sum of their keep
+    probabilities (expected count after) and how many were kept (realized)."""
+    import numpy as np
+
+    from pipeline.curate.balance import DROP_BALANCED, DROP_UNMATCHED, BalanceStats
+
+    stats = BalanceStats.zeros(n_entries)
+    for r in rows:
+        if r["status"] == KEPT:
+            stats.counters.add("pairs")
+            stats.counters.add("kept")
+        elif r["reason"] in (DROP_BALANCED, DROP_UNMATCHED):
+            stats.counters.add("pairs")
+            stats.counters.add(f"drop.{r['reason']}")
+        drawn = r["status"] == KEPT or r["reason"] == DROP_BALANCED
+        if not drawn or not r["matched"]:
+            continue
+        ids = np.asarray(r["matched"], dtype=np.int64)
+        stats.expected[ids] += balancer.keep_probability(r["matched"])
+        if r["status"] == KEPT:
+            stats.realized[ids] += 1
+    yield stats
+
+
 # ---- driver ---------------------------------------------------------------------------------
 
 
@@ -346,6 +371,13 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
         .collect()
     )
     selected.sort(key=lambda r: r["candidate_id"])  # a deterministic shard plan
+    from pipeline.curate.balance import BalanceStats, make_report, per_entry_table
+
+    bstats = fates.mapPartitions(
+        lambda it: _balance_stats_partition(it, balancer.value, n_entries)
+    ).fold(BalanceStats.zeros(n_entries), lambda a, b: a + b)
+    pq.write_table(per_entry_table(entries, counts, bstats), out / "queries_balance.parquet")
+    balance_report = dataclasses.asdict(make_report(entries, counts, bstats, config.balance))
     kept_counts = EntryCounts.from_matches([r["queries"] for r in selected], n_entries)
     for r in selected:
         r["queries"] = [entries[e] for e in r["queries"]]
@@ -393,6 +425,7 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
             "top_entries_after": _top(kept_counts.counts, entries),
             "max_per_query": config.balance.max_per_query,
         },
+        "balance": balance_report,
         "download": {k: v for k, v in dl.items() if k != "config"},
         "dedup": dd,
         "elapsed_s": round(time.time() - started, 2),

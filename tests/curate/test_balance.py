@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 import random
 
 import numpy as np
@@ -143,6 +144,18 @@ def test_seeds_differ() -> None:
     b, _, _ = decide_all(matched, n_entries, BalanceConfig(max_per_query=100, seed=1))
     assert (a != b).sum() > 100
     assert within(a.sum(), len(matched), b.sum() / len(matched), sds=6)
+
+
+def test_balancer_pickles() -> None:
+    balancer = Balancer(np.array([5, 50_000, 0]), BalanceConfig(max_per_query=100, seed=9))
+    clone = pickle.loads(pickle.dumps(balancer))
+    assert clone.config == balancer.config
+    assert clone.keep_probability([1]) == balancer.keep_probability([1])
+    assert clone.keep_probability([1]) == pytest.approx(100 / 50_000)
+    keys = [f"k{i}" for i in range(500)]
+    assert (
+        clone.decide_batch(keys, [[1]] * 500).keep == balancer.decide_batch(keys, [[1]] * 500).keep
+    ).all()
 
 
 def test_pair_uniform() -> None:

@@ -189,3 +189,26 @@ def test_job_cli_help_and_stats_file(built) -> None:
         "--image-size",
     ):
         assert flag in done.stdout
+
+
+def test_per_entry_balance_report(built) -> None:
+    out, _ = built
+    table = pq.read_table(out / "queries_balance.parquet").to_pylist()
+    assert table
+    kept = [r for r in _candidates(out) if r["status"] == "kept"]
+    realized = Counter(e for r in kept for e in r["matched"])
+    for row in table:
+        assert row["realized_after"] == realized[row["entry_id"]]
+        assert row["realized_after"] <= row["count_before"]
+        if row["count_before"] <= 25:  # tail entries: every pair kept, expected = count
+            assert row["expected_after"] == pytest.approx(row["count_before"])
+
+
+def test_balance_report_in_stats(built) -> None:
+    out, stats = built
+    report = stats["balance"]
+    fates = Counter(r["reason"] or r["status"] for r in _candidates(out))
+    assert report["kept"] == fates["kept"]
+    assert report["dropped_balanced"] == fates.get("balanced", 0)
+    assert report["pairs"] == report["kept"] + report["dropped_balanced"] + report["unmatched"]
+    assert report["max_per_query"] == 25
