@@ -3,12 +3,13 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,spark,dedup,overlap
+EXTRAS ?= dev,spark,dedup,overlap,bench
+BENCHES := download extract curate overlap
 
 export WANDB_MODE := disabled
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean $(addprefix bench-,$(BENCHES))
 
 # Debian packages the tests read offline: WordNet 3.0 (query lists).
 SYSTEM_PACKAGES := wordnet-base
@@ -39,12 +40,11 @@ format: $(STAMP)
 test: lint
 	$(PY) -m pytest -q
 
-$(VENV)/.bench-installed: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[$(EXTRAS),bench]"
-	touch $@
+# Benchmarks: each prints a table and writes bench/results/NAME.json (see docs/BENCHMARKS.md).
+bench: $(addprefix bench-,$(BENCHES))
 
-bench: $(VENV)/.bench-installed
-	$(PY) -m bench.download
+$(addprefix bench-,$(BENCHES)): bench-%: $(STAMP)
+	$(PY) -m bench.$*
 
 clean:
 	rm -rf $(VENV) data .pytest_cache
