@@ -34,7 +34,7 @@ from pipeline.sources.html import ExtractConfig
 from pipeline.stats.counters import Counters
 from pipeline.stats.funnel import Funnel
 
-ENGINES = ("native",)
+ENGINES = ("native", "img2dataset")
 KEPT = "kept"
 DROPPED = "dropped"
 
@@ -391,7 +391,11 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
     )
 
     # 6. Download
-    if selected:
+    if selected and config.engine == "img2dataset":
+        from pipeline.spark.img2dataset_engine import download_with_img2dataset
+
+        dl = download_with_img2dataset(spark, str(pairs_path), out, config.download)
+    elif selected:
         dl = download_on_spark(spark, str(pairs_path), out, config.download)
     else:
         dl = {"rows": 0, "status_counts": {}, "successes": 0, "shards": 0}
