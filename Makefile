@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,spark,dedup,overlap,bench
-BENCHES := download extract curate overlap
+BENCHES := download extract curate overlap build
 
 export WANDB_MODE := disabled
 export NO_ALBUMENTATIONS_UPDATE := 1
