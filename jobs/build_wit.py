@@ -14,19 +14,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # spark-submit runs the file
 
-from pipeline.config import ConfigError, add_setting_flags, build_config, load_settings
+from pipeline.config import (
+    CliParser,
+    ConfigError,
+    add_setting_flags,
+    build_config,
+    load_settings,
+)
 from pipeline.sources.pairs import InputError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.spark.build import BuildConfig
 
-    p = _Parser(
+    p = CliParser(
         prog="spark-submit jobs/build_wit.py",
         description="Extract, clean, deduplicate, match, balance, download and deduplicate "
         "image-text pairs into a WIT-style dataset. No source: the loopback demo.",
@@ -61,17 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--master", default=None, help="Spark master when run with python (default: local[*])"
     )
-    skip = {"output", "warc", "pairs", "crawl", "queries"}
-
-    class _Skip:
-        def __init__(self, parser: argparse.ArgumentParser) -> None:
-            self.parser = parser
-
-        def add_argument(self, flag: str, **kwargs: object) -> None:
-            if kwargs.get("dest") not in skip:
-                self.parser.add_argument(flag, **kwargs)
-
-    add_setting_flags(_Skip(p), BuildConfig)
+    add_setting_flags(p, BuildConfig, skip=("output", "warc", "pairs", "crawl", "queries"))
     return p
 
 

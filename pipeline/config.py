@@ -7,14 +7,15 @@ configuration errors, reported with the offending key.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import ipaddress
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "webp", "png")
@@ -299,6 +300,13 @@ HELP.update(
 )
 
 
+class CliParser(argparse.ArgumentParser):
+    """argparse with one error line (not usage + error) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def iter_settings(cls: type) -> list[tuple[str, Any]]:
     """(name, default) of every leaf setting of a (nested) config dataclass."""
     out: list[tuple[str, Any]] = []
@@ -312,18 +320,20 @@ def iter_settings(cls: type) -> list[tuple[str, Any]]:
     return out
 
 
-def add_setting_flags(parser: Any, cls: type) -> None:
+def add_setting_flags(
+    parser: Any, cls: type, skip: Iterable[str] = (), help_texts: Mapping[str, str] = HELP
+) -> None:
     """Add one ``--flag`` per setting of ``cls``; unset flags stay None (the file decides).
 
     A name shared by nested configs (``threads`` of the crawler and of the downloader) is
     one flag that sets them all, as a config file's key does."""
-    seen: set[str] = set()
+    seen: set[str] = set(skip)  # skipped: the caller has flags of its own for those
     for name, default in iter_settings(cls):
         if name in seen:
             continue
         seen.add(name)
         flag = "--" + name.replace("_", "-")
-        help_text = HELP.get(name, name)
+        help_text = help_texts.get(name, name)
         if isinstance(default, bool):
             parser.add_argument(
                 flag,

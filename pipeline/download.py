@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from pipeline.config import (
+    CliParser,
     ConfigError,
     DownloadConfig,
     add_setting_flags,
@@ -21,13 +22,8 @@ from pipeline.config import (
 from pipeline.sources.pairs import InputError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage + error
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = CliParser(
         prog="python -m pipeline.download",
         description="Download the images of a pair list (Parquet, CSV, TSV, JSONL) into WebDataset "
         "tar shards + Parquet (img2dataset layout), with a ledger row for every input row.",
