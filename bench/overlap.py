@@ -36,6 +36,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from pipeline.overlap.calibrate import calibrate, choose_threshold, pr_curve
+from pipeline.overlap.detectors import PHashDetector
+from pipeline.overlap.evalsets import (
+    DEBIAN_FASHION_MNIST,
+    ArrayImages,
+    EvalSet,
+    EvalSpec,
+    load_eval_set,
+)
+from pipeline.overlap.search import EvalIndex, SearchResult, knn, search_codes
+from pipeline.overlap.transforms import TRANSFORMS, TransformSpec, transform
+from pipeline.synthweb.images import render_image
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -48,9 +62,7 @@ def _median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
-def _rand_index(kind: str, n_eval: int, seed: int):
-    from pipeline.overlap.search import EvalIndex
-
+def _rand_index(kind: str, n_eval: int, seed: int) -> EvalIndex:
     rng = np.random.default_rng(seed)
     if kind == "binary":
         codes = rng.integers(0, 256, (n_eval, BITS // 8), dtype=np.uint8)
@@ -71,8 +83,6 @@ def _rand_shard(kind: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def bench_search(kind: str, n_eval: int, repeats: int) -> dict:
-    from pipeline.overlap.search import search_codes
-
     index = _rand_index(kind, n_eval, 0)
     rng = np.random.default_rng(1)
     keys = [str(i) for i in range(SHARD)]
@@ -105,35 +115,45 @@ def bench_gemm(nq: int, nb: int, d: int, repeats: int) -> dict:
             fn()
             gflops = flops / (time.perf_counter() - t0) / 1e9
             (f_runs if name == "faiss" else n_runs).append(gflops)
-    f, n = _median(f_runs), _median(n_runs)
+    # Each repeat runs both back to back: the ratio of a pair is less exposed to the load
+    # of this shared machine drifting than the ratio of two medians.
+    ratios = [f / n for f, n in zip(f_runs, n_runs, strict=True)]
     return {
-        "queries": nq, "base": nb, "d": d, "faiss_gflops": f, "numpy_gflops": n,
-        "ratio": f / n, "faiss_runs": f_runs, "numpy_runs": n_runs,
+        "queries": nq, "base": nb, "d": d, "faiss_gflops": _median(f_runs),
+        "numpy_gflops": _median(n_runs), "ratio": _median(ratios),
+        "faiss_runs": f_runs, "numpy_runs": n_runs, "ratios": ratios,
     }  # fmt: skip
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries
+    that over exec from the parent, so a child would report the benchmark's own peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_run(kind: str, n_eval: int, n_train: int) -> dict:
     """In its own process: stream n_train codes in shards through search and merge."""
-    from pipeline.overlap.search import SearchResult, search_codes
-
     index = _rand_index(kind, n_eval, 0)
     rng = np.random.default_rng(3)
     keys = [str(i) for i in range(SHARD)]
     total = SearchResult.empty(n_eval, 5, 100)
-    base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base_mb = _peak_rss_mb()
     t0 = time.perf_counter()
-    after_first = 0
+    after_first = 0.0
     for sid in range(n_train // SHARD):
         part = search_codes(sid, _rand_shard(kind, rng), np.arange(SHARD), keys, index, 5, 100)
         total = total + part
         if sid == 0:
-            after_first = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            after_first = _peak_rss_mb()
     seconds = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mb = _peak_rss_mb()
     return {
         "kind": kind, "eval_items": n_eval, "training_vectors": n_train,
-        "peak_rss_mb": peak_kb / 1024, "rss_before_search_mb": base_kb / 1024,
-        "peak_after_first_shard_mb": after_first / 1024, "seconds": seconds,
+        "peak_rss_mb": peak_mb, "rss_before_search_mb": base_mb,
+        "peak_after_first_shard_mb": after_first, "seconds": seconds,
         "images_per_s": n_train / seconds,
     }  # fmt: skip
 
@@ -147,9 +167,7 @@ def bench_memory(kind: str, n_eval: int, n_train: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _renders(seeds: Sequence[int]) -> list:
-    from pipeline.synthweb.images import render_image
-
+def _renders(seeds: Sequence[int]) -> list[Image.Image]:
     out = []
     for s in seeds:
         r = random.Random(s)
@@ -159,10 +177,8 @@ def _renders(seeds: Sequence[int]) -> list:
     return out
 
 
-def _stored(img) -> bytes:
+def _stored(img: Image.Image) -> bytes:
     """An image as the download engine stores it: long side 256, JPEG quality 95."""
-    from PIL import Image
-
     img = img.convert("RGB")
     img.thumbnail((256, 256), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
@@ -171,8 +187,6 @@ def _stored(img) -> bytes:
 
 
 def bench_embed(repeats: int) -> dict:
-    from pipeline.overlap.detectors import PHashDetector
-
     det = PHashDetector()
     blobs = [_stored(im) for im in _renders(range(900_000, 900_300))]
     runs = []
@@ -184,38 +198,28 @@ def bench_embed(repeats: int) -> dict:
     return {"images_per_s_one_core": _median(runs), "runs": runs, "image": "256 px JPEG q95"}
 
 
-def _codes(det, images: Sequence) -> np.ndarray:
+def _codes(det: PHashDetector, images: Sequence[Image.Image]) -> np.ndarray:
     return np.stack([det.embed_image(im) for im in images])
 
 
 def heldout_quality(
-    name: str, cal_images: Sequence, held_images: Sequence, distractors: Sequence[bytes], seed: int
+    name: str,
+    cal_images: Sequence[Image.Image],
+    held: Sequence[Image.Image],
+    distractors: Sequence[bytes],
+    seed: int,
 ) -> dict:
-    """Calibrate on one image set, then score held-out images and transformations."""
-    from pipeline.overlap.calibrate import calibrate, choose_threshold, pr_curve
-    from pipeline.overlap.detectors import PHashDetector
-    from pipeline.overlap.evalsets import ArrayImages, EvalSet
-    from pipeline.overlap.search import knn
-    from pipeline.overlap.transforms import TRANSFORMS, TransformSpec, transform
-
+    """Calibrate on one image set as a run does, then score held-out images with held-out
+    transformations: half of them get a copy hidden among the distractors."""
     det = PHashDetector()
-    arrays = (
-        np.stack([np.asarray(im.convert("RGB").resize((128, 96))) for im in cal_images])
-        if name == "renders"
-        else None
-    )
-    images = ArrayImages(
-        arrays if arrays is not None else np.stack([np.asarray(im) for im in cal_images])
-    )
+    images = ArrayImages(np.stack([np.asarray(im) for im in cal_images]))
     n = len(images)
-    s = EvalSet(
-        name, "bench", Path("."), tuple(map(str, range(n))), np.zeros(n, np.int64), ("x",), images
-    )
-    codes = np.stack([det.embed_image(images.image(i)) for i in range(n)])
+    ids = tuple(map(str, range(n)))
+    s = EvalSet(name, "bench", Path("."), ids, np.zeros(n, np.int64), ("x",), images)
+    codes = _codes(det, [images.image(i) for i in range(n)])
     cal = calibrate(s, codes, np.ones(n, bool), det, 0.99, n, seed)
     t = cal.threshold
 
-    held = [images_like(im, name) for im in held_images]
     held_codes = _codes(det, held)
     rng = random.Random(f"heldout:{seed}")
     planted = np.array(sorted(rng.sample(range(len(held)), len(held) // 2)))
@@ -262,13 +266,7 @@ def heldout_quality(
     }  # fmt: skip
 
 
-def images_like(img, name: str):
-    return img.convert("RGB").resize((128, 96)) if name == "renders" else img
-
-
 def quality_sources(n_cal: int, n_held: int, n_distractors: int, notes: list[str]) -> list[dict]:
-    from pipeline.overlap.evalsets import DEBIAN_FASHION_MNIST, EvalSpec, load_eval_set
-
     out = []
     if DEBIAN_FASHION_MNIST.exists():
         fm = load_eval_set(EvalSpec("fashion-mnist", "fashion-mnist", DEBIAN_FASHION_MNIST))
@@ -283,8 +281,11 @@ def quality_sources(n_cal: int, n_held: int, n_distractors: int, notes: list[str
             "dataset-fashion-mnist not installed)"
         )
     notes.append("openclipart renders skipped: openclipart-svg and cairosvg are not installed")
-    cal = _renders(range(0, n_cal))
-    held = _renders(range(100_000, 100_000 + n_held))
+    # Eval-set sized images (ImageNet val is ~500x375, CIFAR 32x32): 128x96 here.
+    cal = [im.convert("RGB").resize((128, 96)) for im in _renders(range(0, n_cal))]
+    held = [
+        im.convert("RGB").resize((128, 96)) for im in _renders(range(100_000, 100_000 + n_held))
+    ]
     dis = [_stored(im) for im in _renders(range(200_000, 200_000 + n_distractors))]
     out.append(heldout_quality("renders", cal, held, dis, 0))
     return out
@@ -342,7 +343,7 @@ def extrapolate(results: dict, n_train: float = 400e6, n_eval: int = 50_000) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.overlap", description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     p.add_argument(
         "--memory-run", nargs=3, metavar=("KIND", "EVAL", "TRAIN"), help=argparse.SUPPRESS
@@ -354,7 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     quick = args.quick
     notes: list[str] = []
-    results: dict = {"machine": {"cpus": os.cpu_count()}, "notes": notes}
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "load_before": os.getloadavg()},
+        "notes": notes,
+    }
     t0 = time.perf_counter()
     results["search"] = [
         bench_search(kind, n, args.repeats)
@@ -363,15 +367,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     results["gemm"] = [bench_gemm(n, SHARD, DIM, args.repeats) for n in (10_000, 50_000)]
     n_train = 200_000 if quick else 1_000_000
+    # Float against 1k eval items: memory is the point here, and 1M x 10k float pairs
+    # would take minutes on two cores.
     results["memory"] = [
         bench_memory("binary", 50_000, n_train),
-        bench_memory("float", 10_000, n_train),
+        bench_memory("float", 1_000, n_train),
     ]
     results["embed"] = bench_embed(args.repeats)
     sizes = (200, 200, 1000) if quick else (1000, 1000, 5000)
     results["quality"] = quality_sources(*sizes, notes)
     results["extrapolation"] = extrapolate(results)
     results["seconds"] = time.perf_counter() - t0
+    results["machine"]["load_after"] = os.getloadavg()
     print(table(results))
     x = results["extrapolation"]
     print(

@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def job_from_args(args: argparse.Namespace) -> OverlapJob:
+    if args.precision is not None and args.threshold is not None:
+        raise ConfigError("give --precision (calibrate a threshold) or --threshold, not both")
     settings = load_settings(args.config) if args.config else {}
     settings.update(settings_from_args(args, OverlapConfig))
     config = build_config(OverlapConfig, settings)
@@ -130,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ""
             if r["all_minus_clean"] is None
             else f", All - Clean {100 * r['all_minus_clean']:+.2f}%"
-        )  # type: ignore[operator]
+        )
         print(
             f"{name}: {r['n_overlap']:,} of {r['n_all']:,} items overlap ({r['overlap_pct']:.2f}%){acc}"
         )

@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
@@ -36,8 +37,8 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def report_markdown(
-    per_set: Mapping[str, Mapping[str, object]],
-    bonferroni: Mapping[str, object],
+    per_set: Mapping[str, Mapping[str, Any]],
+    bonferroni: Mapping[str, Any],
     calibrations: Mapping[str, Calibration | None],
     confidence: float,
     notes: Sequence[str] = (),
@@ -57,19 +58,18 @@ def report_markdown(
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     adjusted = bonferroni["adjusted_p_values"]
-    assert isinstance(adjusted, Mapping)
     for name, r in per_set.items():
         ci = (
-            f"[{_fmt_pct(r['ci_low'])}, {_fmt_pct(r['ci_high'])}]"  # type: ignore[arg-type]
+            f"[{_fmt_pct(r['ci_low'])}, {_fmt_pct(r['ci_high'])}]"
             if r["ci_low"] is not None
             else "-"
         )
-        sig = " *" if name in bonferroni["significant"] else ""  # type: ignore[operator]
+        sig = " *" if name in bonferroni["significant"] else ""
         lines.append(
             f"| {name} | {r['n_all']:,} | {r['n_overlap']:,} | {r['overlap_pct']:.2f} "
-            f"| {_fmt_pct(r['acc_all'])} | {_fmt_pct(r['acc_clean'])} "  # type: ignore[arg-type]
-            f"| {_fmt_pct(r['acc_overlap'])} | {_fmt_pct(r['all_minus_clean'], 2, sign=True)} "  # type: ignore[arg-type]
-            f"| {_fmt_p(r['p_value'])} | {_fmt_p(adjusted.get(name))}{sig} | {ci} "  # type: ignore[arg-type]
+            f"| {_fmt_pct(r['acc_all'])} | {_fmt_pct(r['acc_clean'])} "
+            f"| {_fmt_pct(r['acc_overlap'])} | {_fmt_pct(r['all_minus_clean'], 2, sign=True)} "
+            f"| {_fmt_p(r['p_value'])} | {_fmt_p(adjusted.get(name))}{sig} | {ci} "
             f"| {r['threshold']:.4f} |"
         )
     lines += ["", "`*`: significant after Bonferroni correction.", ""]
@@ -104,7 +104,7 @@ def report_markdown(
 
 
 def plot_overlap(
-    per_set: Mapping[str, Mapping[str, object]], significant: Sequence[str], path: Path
+    per_set: Mapping[str, Mapping[str, Any]], significant: Sequence[str], path: Path
 ) -> None:
     """CLIP's figure 17: per set, the Overlap - Clean accuracy difference with its interval,
     and the overall accuracy change (All - Clean), both against the detected overlap."""
@@ -115,7 +115,7 @@ def plot_overlap(
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     names = list(per_set)
-    x = np.array([float(per_set[n]["overlap_pct"]) for n in names])  # type: ignore[arg-type]
+    x = np.array([float(per_set[n]["overlap_pct"]) for n in names])
     have = [
         per_set[n]["acc_clean"] is not None and per_set[n]["acc_overlap"] is not None for n in names
     ]
@@ -123,15 +123,15 @@ def plot_overlap(
         r = per_set[n]
         colour = "tab:red" if n in significant else "tab:blue"
         if have[i]:
-            diff = 100 * (r["acc_overlap"] - r["acc_clean"])  # type: ignore[operator]
-            lo = 100 * (r["ci_low"] - r["acc_clean"])  # type: ignore[operator]
-            hi = 100 * (r["ci_high"] - r["acc_clean"])  # type: ignore[operator]
+            diff = 100 * (r["acc_overlap"] - r["acc_clean"])
+            lo = 100 * (r["ci_low"] - r["acc_clean"])
+            hi = 100 * (r["ci_high"] - r["acc_clean"])
             left.errorbar(
                 x[i], diff, yerr=[[diff - lo], [hi - diff]], fmt="o", color=colour, capsize=3
             )
             left.annotate(n, (x[i], diff), textcoords="offset points", xytext=(5, 4), fontsize=8)
         if r["all_minus_clean"] is not None:
-            change = 100 * float(r["all_minus_clean"])  # type: ignore[arg-type]
+            change = 100 * float(r["all_minus_clean"])
             right.plot(x[i], change, "o", color=colour)
             right.annotate(n, (x[i], change), textcoords="offset points", xytext=(5, 4), fontsize=8)
     for ax in (left, right):

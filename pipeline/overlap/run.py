@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -66,8 +67,8 @@ class TrainShards:
 @dataclass
 class OverlapReport:
     out: Path
-    per_set: dict[str, dict[str, object]]
-    bonferroni: dict[str, object]
+    per_set: dict[str, dict[str, Any]]
+    bonferroni: dict[str, Any]
     calibrations: dict[str, Calibration | None]
     read_counts: dict[str, int]
     seconds: dict[str, float]
@@ -214,7 +215,7 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
     t = time.perf_counter()
     out = job.out
     out.mkdir(parents=True, exist_ok=True)
-    per_set: dict[str, dict[str, object]] = {}
+    per_set: dict[str, dict[str, Any]] = {}
     for i, s in enumerate(prep.eval_sets):
         rows = slice(int(offsets[i]), int(offsets[i + 1]))
         per_set[s.name] = _write_eval_set(
@@ -229,13 +230,13 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
             out / s.name,
         )
     _write_decontaminate(prep, result, offsets, out / "decontaminate.parquet")
-    bonf = bonferroni({n: r["p_value"] for n, r in per_set.items()}, cfg.alpha)  # type: ignore[misc]
+    bonf = bonferroni({n: r["p_value"] for n, r in per_set.items()}, cfg.alpha)
     rep.write_json(out / "report.json", per_set)
     notes = _notes(prep, result, codes)
     (out / "report.md").write_text(
         rep.report_markdown(per_set, bonf, calibrations, cfg.confidence, notes), encoding="utf-8"
     )
-    rep.plot_overlap(per_set, bonf["significant"], out / "overlap.png")  # type: ignore[arg-type]
+    rep.plot_overlap(per_set, bonf["significant"], out / "overlap.png")
     seconds["write"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -341,7 +342,7 @@ def _write_eval_set(
     valid: np.ndarray,
     cfg: OverlapConfig,
     folder: Path,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     top_scores = result.top_scores[rows]
     top_refs = result.top_refs[rows]

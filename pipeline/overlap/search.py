@@ -9,7 +9,7 @@ threshold, at most ``max_matches``). Answers merge with ``+``, keeping the best 
 merges gives the same result, which is why local and Spark runs agree.
 
 A training image's reference is ``shard_id << 32 | index in shard``, shard ids being
-positions in the sorted shard list of the run.
+positions in the run's shard list (--train folders in order, each one's shards sorted).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import multiprocessing as mp
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -266,7 +266,7 @@ def search_shard(
 # ---------------------------------------------------------------------------------------------
 # Local execution: shards in a process pool, answers merged as they come.
 
-_WORKER: dict[str, object] = {}
+_WORKER: dict[str, Any] = {}
 
 
 def _init_worker(index: EvalIndex, detector: Detector, top_k: int, max_matches: int) -> None:
@@ -278,7 +278,7 @@ def _init_worker(index: EvalIndex, detector: Detector, top_k: int, max_matches: 
 
 def _search_in_worker(shard_id: int, path: str) -> SearchResult:
     w = _WORKER
-    return search_shard(shard_id, path, w["index"], w["detector"], w["top_k"], w["max_matches"])  # type: ignore[arg-type]
+    return search_shard(shard_id, path, w["index"], w["detector"], w["top_k"], w["max_matches"])
 
 
 def search_local(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def _ratio(k: int | None, n: int) -> float | None:
 
 def split_statistics(
     counts: SplitCounts, threshold: float, detector: str, confidence: float = 0.995
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The report.json fields of one eval set, in REPORT_FIELDS order."""
     n_all, n_o, n_c = counts.n_all, counts.n_overlap, counts.n_clean
     has_predictions = counts.correct_overlap is not None and counts.correct_clean is not None
@@ -137,7 +138,7 @@ def split_statistics(
     return out
 
 
-def bonferroni(p_values: Mapping[str, float | None], alpha: float = 0.05) -> dict[str, object]:
+def bonferroni(p_values: Mapping[str, float | None], alpha: float = 0.05) -> dict[str, Any]:
     """Bonferroni over the eval sets that have a test: adjusted p = min(1, m x p)."""
     tested = {k: v for k, v in p_values.items() if v is not None}
     m = len(tested)

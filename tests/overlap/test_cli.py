@@ -23,7 +23,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]
 
 
 def test_a_run_from_the_command_line_with_a_config_file(
-    scenario: Scenario, tmp_path: Path, capsys
+    scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     cfg = tmp_path / "overlap.toml"
     cfg.write_text("threshold = 0.9\ncalibration-items = 20\n[search]\nprocesses = 1\ntop_k = 2\n")
@@ -46,7 +46,7 @@ def test_a_run_from_the_command_line_with_a_config_file(
     assert run["config"]["top_k"] == 2 and run["config"]["contact_pairs"] == 4
 
 
-def test_help_lists_the_options(capsys) -> None:
+def test_help_lists_the_options(capsys: pytest.CaptureFixture) -> None:
     code, out, _ = _run(["--help"], capsys)
     assert code == 0
     for flag in ("--eval", "--eval-root", "--train", "--out", "--detector", "--precision", "--threshold",
@@ -131,6 +131,11 @@ CASES: list[tuple[str, list[str], str]] = [
         r"precision must be in \(0, 1\], got 1\.5",
     ),
     (
+        "precision and threshold",
+        ["--eval", "cifar10:{tmp}/c", "--precision", "0.9", "--threshold", "0.8"],
+        r"give --precision \(calibrate a threshold\) or --threshold, not both",
+    ),
+    (
         "infinite threshold",
         ["--eval", "cifar10:{tmp}/c", "--threshold", "inf"],
         r"threshold must be a finite similarity",
@@ -182,7 +187,12 @@ CASES: list[tuple[str, list[str], str]] = [
 
 @pytest.mark.parametrize(("case", "args", "message"), CASES, ids=[c[0] for c in CASES])
 def test_fail_fast_with_one_clear_line(
-    case: str, args: list[str], message: str, base, tmp_path: Path, capsys
+    case: str,
+    args: list[str],
+    message: str,
+    base: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     import re
 
@@ -206,7 +216,7 @@ def test_fail_fast_with_one_clear_line(
     assert not Path(base["out"]).exists(), "fail-fast paths must not write anything"
 
 
-def test_missing_required_options_are_one_line(capsys) -> None:
+def test_missing_required_options_are_one_line(capsys: pytest.CaptureFixture) -> None:
     code, _, err = _run(["--eval", "cifar10"], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "required: --train, --out" in err

@@ -6,30 +6,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.overlap.evalsets import EvalSpec, load_eval_set
+from pipeline.overlap.evalsets import EvalSet, EvalSpec, load_eval_set
 from pipeline.overlap.predictions import PredictionsError, read_predictions
 from tests.overlap.layouts import write_cifar10, write_imagenet
 
 
 @pytest.fixture
-def cifar(tmp_path: Path):
+def cifar(tmp_path: Path) -> EvalSet:
     write_cifar10(tmp_path / "c", 6)
     return load_eval_set(EvalSpec("cifar10", "cifar10", tmp_path / "c"))
 
 
 @pytest.fixture
-def imagenet(tmp_path: Path):
+def imagenet(tmp_path: Path) -> EvalSet:
     write_imagenet(tmp_path / "in", per_class=1)
     return load_eval_set(EvalSpec("imagenet", "imagenet", tmp_path / "in"))
 
 
-def test_csv_with_indices_and_names_in_any_order(tmp_path: Path, cifar) -> None:
+def test_csv_with_indices_and_names_in_any_order(tmp_path: Path, cifar: EvalSet) -> None:
     f = tmp_path / "p.csv"
     f.write_text("prediction,id\n3,5\ncat,0\n0,1\nairplane,2\ntruck,3\n9,4\n")
     assert read_predictions(f, cifar).tolist() == [3, 0, 0, 9, 9, 3]
 
 
-def test_parquet_with_integer_predictions(tmp_path: Path, cifar) -> None:
+def test_parquet_with_integer_predictions(tmp_path: Path, cifar: EvalSet) -> None:
     f = tmp_path / "p.parquet"
     pq.write_table(
         pa.table({"id": [str(i) for i in range(6)], "prediction": [1, 2, 3, 4, 5, 6]}), f
@@ -37,7 +37,7 @@ def test_parquet_with_integer_predictions(tmp_path: Path, cifar) -> None:
     assert read_predictions(f, cifar).tolist() == [1, 2, 3, 4, 5, 6]
 
 
-def test_imagenet_names_synset_ids_and_ambiguous_names(tmp_path: Path, imagenet) -> None:
+def test_imagenet_names_synset_ids_and_ambiguous_names(tmp_path: Path, imagenet: EvalSet) -> None:
     ids = list(imagenet.ids)
     f = tmp_path / "p.csv"
     f.write_text(
@@ -75,7 +75,7 @@ def test_imagenet_names_synset_ids_and_ambiguous_names(tmp_path: Path, imagenet)
     ],
 )
 def test_mismatches_are_errors_that_name_the_ids(
-    tmp_path: Path, cifar, body: str, message: str
+    tmp_path: Path, cifar: EvalSet, body: str, message: str
 ) -> None:
     f = tmp_path / "p.csv"
     f.write_text(body)
@@ -83,7 +83,7 @@ def test_mismatches_are_errors_that_name_the_ids(
         read_predictions(f, cifar)
 
 
-def test_unreadable_files(tmp_path: Path, cifar) -> None:
+def test_unreadable_files(tmp_path: Path, cifar: EvalSet) -> None:
     with pytest.raises(PredictionsError, match="not found"):
         read_predictions(tmp_path / "nope.csv", cifar)
     (tmp_path / "p.json").write_text("{}")

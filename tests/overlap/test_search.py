@@ -27,7 +27,9 @@ def _hamming_scores(queries: np.ndarray, base: np.ndarray, bits: int) -> np.ndar
     return (1.0 - d / bits).astype(np.float32)
 
 
-def _binary_case(seed: int, n_eval: int = 60, n_train: int = 200, bits: int = 32):
+def _binary_case(
+    seed: int, n_eval: int = 60, n_train: int = 200, bits: int = 32
+) -> tuple[EvalIndex, np.ndarray]:
     rng = np.random.default_rng(seed)
     eval_codes = rng.integers(0, 256, (n_eval, bits // 8), dtype=np.uint8)
     train = rng.integers(0, 256, (n_train, bits // 8), dtype=np.uint8)

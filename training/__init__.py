@@ -1,0 +1,1 @@
+"""Training stage: data over shards, model configs (JSON), the loop, zero-shot evaluation."""

@@ -1,0 +1,53 @@
+"""Our model configs, registered with open_clip from training/model_configs/ (never a download).
+
+open_clip only builds models by name, so every JSON here is registered before building.
+Configs whose tokenizer or text tower comes from Hugging Face would download on first use;
+they are refused with a clear error instead of hanging or failing deep inside a request.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+class ModelConfigError(ValueError):
+    """A model name we have no config for, or a config that would need the network."""
+
+
+def available_models() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def load_config(name: str) -> dict[str, Any]:
+    path = CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ModelConfigError(
+            f"--model {name}: no config {path}; available: {', '.join(available_models())}"
+        )
+    cfg = json.loads(path.read_text())
+    text_cfg = cfg.get("text_cfg", {})
+    for key in ("hf_tokenizer_name", "hf_model_name"):
+        if text_cfg.get(key):
+            raise ModelConfigError(
+                f"--model {name}: text_cfg.{key}={text_cfg[key]!r} needs a Hugging Face "
+                "download, which this stage never does; use a CLIP-style text tower"
+            )
+    return cfg
+
+
+def build(name: str, precision: str = "fp32") -> tuple[Any, Any, Any, Any]:
+    """(model, train preprocess, eval preprocess, tokenizer) for one of our configs."""
+    import open_clip
+
+    load_config(name)  # validates before open_clip sees it
+    # add_model_config takes a file or folder; registering the folder is idempotent.
+    open_clip.add_model_config(CONFIG_DIR)
+    model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+        name, pretrained=None, precision="fp32" if precision == "bf16" else precision
+    )
+    tokenizer = open_clip.get_tokenizer(name)
+    return model, preprocess_train, preprocess_val, tokenizer
