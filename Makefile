@@ -3,13 +3,13 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,spark,dedup,overlap,bench
+EXTRAS ?= dev,spark,dedup,overlap,bench,train
 BENCHES := download extract curate overlap build
 
 export WANDB_MODE := disabled
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test lint format bench clean $(addprefix bench-,$(BENCHES))
+.PHONY: install demo test lint format bench gpu-check clean $(addprefix bench-,$(BENCHES))
 
 # Debian packages the tests read offline: WordNet 3.0 (query lists).
 SYSTEM_PACKAGES := wordnet-base
@@ -45,6 +45,10 @@ bench: $(addprefix bench-,$(BENCHES))
 
 $(addprefix bench-,$(BENCHES)): bench-%: $(STAMP)
 	$(PY) -m bench.$*
+
+# On a machine with a GPU: ViT-B-32 for a few hundred steps from synthetic shards.
+gpu-check: $(STAMP)
+	$(PY) -m training.gpu_check --out data/gpu-check
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

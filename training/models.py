@@ -47,7 +47,10 @@ def build(name: str, precision: str = "fp32") -> tuple[Any, Any, Any, Any]:
     # add_model_config takes a file or folder; registering the folder is idempotent.
     open_clip.add_model_config(CONFIG_DIR)
     model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
-        name, pretrained=None, precision="fp32" if precision == "bf16" else precision
+        name,
+        pretrained=None,
+        precision="fp32" if precision == "bf16" else precision,
+        output_dict=True,
     )
     tokenizer = open_clip.get_tokenizer(name)
     return model, preprocess_train, preprocess_val, tokenizer

@@ -1,0 +1,138 @@
+"""The data stream: shard discovery, counts, splits, exclusion, damage, fail-fast paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests.training.shardgen import write_shards
+from training import run
+from training.data import (
+    ShardStream,
+    TrainDataError,
+    expand_braces,
+    load_exclusions,
+    plan_data,
+    resolve_shards,
+)
+from training.models import ModelConfigError, load_config
+
+
+def _to_tensor(img: object) -> torch.Tensor:
+    # The stream's plumbing is under test here, not the pixels: skip the real transform.
+    return torch.zeros(1)
+
+
+def _collect(stream: ShardStream, n_batches: int, workers: int = 0) -> list[dict]:
+    loader = DataLoader(stream, batch_size=None, num_workers=workers)
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if len(out) == n_batches:
+            break
+    return out
+
+
+def test_brace_patterns_and_counts_without_flags(tmp_path: Path) -> None:
+    write_shards(tmp_path / "d", n_shards=3, per_shard=5)
+    assert expand_braces("a/{00000..00002}.tar") == [f"a/0000{i}.tar" for i in range(3)]
+    assert expand_braces("{x,y}{1..2}") == ["x1", "x2", "y1", "y2"]
+    assert len(resolve_shards(str(tmp_path / "d" / "{00000..00001}.tar"))) == 2
+    assert plan_data(str(tmp_path / "d")).samples == 15
+    # Without stats JSON, the tar itself is counted: the count is never a required flag.
+    write_shards(tmp_path / "bare", n_shards=2, per_shard=4, write_stats=False)
+    assert plan_data(str(tmp_path / "bare")).samples == 8
+    with pytest.raises(TrainDataError, match="1 of 3 shards missing"):
+        resolve_shards(str(tmp_path / "d" / "{00000..00003}.tar").replace("00000", "00001"))
+
+
+def test_workers_split_shards_and_cover_every_key_once(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path / "d", n_shards=4, per_shard=8)
+    plan = plan_data(str(tmp_path / "d"), workers=2)
+    assert set(plan.shards_for(0)).isdisjoint(plan.shards_for(1))
+    stream = ShardStream(plan, 8, _to_tensor, list, shuffle_buffer=4)
+    batches = _collect(stream, 4, workers=2)  # one epoch: 32 samples
+    seen = [k for b in batches for k in b["keys"]]
+    assert sorted(seen) == sorted(keys)
+    assert [b["worker"] for b in batches] == [0, 1, 0, 1]
+    assert [b["batch"] for b in batches] == [0, 1, 2, 3]
+
+
+def test_excluded_keys_never_yielded(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path / "d", n_shards=2, per_shard=20)
+    excluded = set(keys[::3])
+    path = tmp_path / "decontaminate.parquet"
+    pq.write_table(pa.table({"key": sorted(excluded), "eval": ["x"] * len(excluded)}), path)
+    assert load_exclusions(path) == excluded
+    plan = plan_data(str(tmp_path / "d"))
+    stream = ShardStream(plan, 5, _to_tensor, list, exclude=load_exclusions(path))
+    batches = _collect(stream, 20)  # several epochs
+    seen = {k for b in batches for k in b["keys"]}
+    assert seen == set(keys) - excluded
+    assert batches[-1]["stats"]["excluded"] >= len(excluded)
+
+
+def test_exclusion_file_needs_key_column(tmp_path: Path) -> None:
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"id": ["a"]}), path)
+    with pytest.raises(TrainDataError, match="no 'key' column"):
+        load_exclusions(path)
+
+
+def test_corrupt_samples_skipped_and_counted(tmp_path: Path) -> None:
+    write_shards(tmp_path / "d", n_shards=1, per_shard=20, corrupt_every=4)
+    plan = plan_data(str(tmp_path / "d"))
+    stream = ShardStream(plan, 10, _to_tensor, list, shuffle_buffer=1)
+    batches = _collect(stream, 2)
+    assert sum(len(b["keys"]) for b in batches) == 15  # 5 of 20 are truncated JPEGs
+    assert batches[-1]["stats"]["corrupt_image"] == 5
+
+
+def test_fail_fast_no_shards(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainDataError, match="no shards found"):
+        plan_data(str(tmp_path / "empty"))
+    argv = ["--train-data", str(tmp_path / "empty"), "--output", str(tmp_path / "r")]
+    assert run.main([*argv, "--steps", "1"]) == 2
+    assert "no shards found" in capsys.readouterr().err
+
+
+def test_fail_fast_too_few_shards_for_workers(tmp_path: Path) -> None:
+    write_shards(tmp_path / "d", n_shards=2, per_shard=3)
+    with pytest.raises(TrainDataError, match=r"2 shard\(s\) for 1 rank\(s\) x 4 worker"):
+        plan_data(str(tmp_path / "d"), workers=4)
+    with pytest.raises(TrainDataError, match="lower --workers to 1"):
+        plan_data(str(tmp_path / "d"), rank=0, world_size=2, workers=2)
+
+
+def test_fail_fast_zero_usable_samples(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path / "d", n_shards=2, per_shard=3)
+    for stats in (tmp_path / "d").glob("*_stats.json"):
+        stats.write_text(json.dumps({"successes": 0}))
+    with pytest.raises(TrainDataError, match="zero usable samples"):
+        plan_data(str(tmp_path / "d"))
+    # Everything excluded: the worker stops with a message instead of looping forever.
+    write_shards(tmp_path / "e", n_shards=1, per_shard=3)
+    stream = ShardStream(
+        plan_data(str(tmp_path / "e")), 2, _to_tensor, list, exclude=frozenset(keys)
+    )
+    with pytest.raises(TrainDataError, match="zero usable samples"):
+        _collect(stream, 1)
+
+
+def test_unknown_and_network_model_configs_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ModelConfigError, match="available: ViT-B-32, tiny"):
+        load_config("nope")
+    cfg = {"embed_dim": 8, "vision_cfg": {}, "text_cfg": {"hf_tokenizer_name": "x/y"}}
+    (tmp_path / "hf.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr("training.models.CONFIG_DIR", tmp_path)
+    with pytest.raises(ModelConfigError, match="Hugging Face download"):
+        load_config("hf")
