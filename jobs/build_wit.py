@@ -84,6 +84,10 @@ def config_from_args(args: argparse.Namespace) -> object:
             if k not in ("warc", "pairs", "crawl", "output", "queries")
         }
     )
+    if args.build_queries:
+        if args.queries:
+            raise ConfigError("--queries and --build-queries exclude each other")
+        settings["queries"] = ""  # build, whatever a config file says
     return build_config(BuildConfig, settings)
 
 

@@ -212,3 +212,18 @@ def test_balance_report_in_stats(built) -> None:
     assert report["dropped_balanced"] == fates.get("balanced", 0)
     assert report["pairs"] == report["kept"] + report["dropped_balanced"] + report["unmatched"]
     assert report["max_per_query"] == 25
+
+
+def test_job_flags_conflict_is_one_error_line(capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_wit", Path(__file__).resolve().parents[2] / "jobs" / "build_wit.py"
+    )
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    code = job.main(["--pairs", "x.parquet", "--queries", "q.txt", "--build-queries"])
+    assert code == 2
+    assert (
+        capsys.readouterr().err.strip() == "error: --queries and --build-queries exclude each other"
+    )
