@@ -18,8 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.overlap.evalsets import EvalSetError
 from training.data import ShardStream, TrainDataError, load_exclusions, plan_data
+from training.evaluate import Evaluator
 from training.models import ModelConfigError, available_models, build
+from training.templates import TemplatesError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "shuffle_buffer": 1000,
     "log_every": 1,
     "threads": 0,
+    "eval_every": 0,
+    "val_max": 0,
 }
 
 
@@ -69,6 +74,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, help="metrics.jsonl line every N steps")
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (0: torch's default); 1 on busy hosts"
+    )
+    p.add_argument(
+        "--zeroshot",
+        action="append",
+        metavar="EVAL",
+        help="zero-shot eval set, repeatable: NAME or NAME:PATH as pipeline.overlap --eval "
+        "takes them; writes OUTPUT/zeroshot.json and OUTPUT/predictions/NAME.csv",
+    )
+    p.add_argument("--templates", help="prompt templates, one per line with {} (all sets)")
+    p.add_argument("--val-data", help="held-out shards for image-text retrieval recall@1/5/10")
+    p.add_argument("--val-max", type=int, help="at most N held-out pairs (0: all)")
+    p.add_argument(
+        "--eval-every", type=int, help="also evaluate every N steps (0: only at the end)"
     )
     defaults = dict(DEFAULTS)
     if known.config:
@@ -217,7 +235,11 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     # Data problems are found before the model is built: failing fast costs nothing.
     exclude = load_exclusions(args.exclude) if args.exclude else frozenset()
     plan = plan_data(args.train_data, rank=rank, world_size=world_size, workers=args.workers)
-    model, preprocess_train, _, tokenizer = build(args.model, args.precision)
+    # Eval sets and templates are checked now too, not after hours of training.
+    evaluator = Evaluator.from_args(
+        args.zeroshot or [], args.templates, args.val_data, args.val_max
+    )
+    model, preprocess_train, preprocess_val, tokenizer = build(args.model, args.precision)
     # One GPU per process under torchrun (LOCAL_RANK); the CPU when there is none.
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -330,6 +352,17 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                 }
                 metrics.write(json.dumps(row) + "\n")
                 metrics.flush()
+            if (
+                is_main
+                and evaluator
+                and args.eval_every
+                and step % args.eval_every == 0
+                and step != args.steps
+            ):
+                # Only rank 0 evaluates; other ranks wait for it at the next collective.
+                ev = evaluator.run(model, preprocess_val, tokenizer, device)
+                with (output / "zeroshot.jsonl").open("a") as f:
+                    f.write(json.dumps({"step": step, **ev}) + "\n")
             save_now = step == args.steps or (args.save_every and step % args.save_every == 0)
             if is_main and save_now:
                 save_checkpoint(
@@ -354,16 +387,41 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         for k, v in s.items():
             data_counts[f"data_{k}"] = data_counts.get(f"data_{k}", 0) + v
     summary = {"steps": step, "loss": last_loss, "samples_in_shards": plan.samples}
+    if evaluator:
+        ev = evaluator.run(
+            model, preprocess_val, tokenizer, device, predictions_dir=output / "predictions"
+        )
+        ev = {"step": step, **ev}
+        _write_json(output / "zeroshot.json", ev)
+        if args.eval_every:
+            with (output / "zeroshot.jsonl").open("a") as f:
+                f.write(json.dumps(ev) + "\n")
+        summary["zeroshot"] = {k: v["top1"] for k, v in ev["zeroshot"].items()}
+        if "retrieval" in ev:
+            summary["retrieval"] = ev["retrieval"]
     summary.update(data_counts)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         summary = train(args)
-    except (TrainDataError, ModelConfigError, FileNotFoundError, NonFiniteLossError) as e:
+    except (
+        TrainDataError,
+        ModelConfigError,
+        FileNotFoundError,
+        NonFiniteLossError,
+        EvalSetError,
+        TemplatesError,
+    ) as e:
         print(f"training.run: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary))

@@ -14,12 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SIMPLE_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a picture of a {}.",
-    "an image of a {}.",
-    "a {}.",
-)
+from training.templates import SIMPLE_TEMPLATES
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,269 @@
+"""Evaluation for ``training.run``: zero-shot classification on the overlap tool's eval-set
+registry (``--zeroshot NAME`` or ``NAME:PATH``, as ``pipeline.overlap --eval`` takes them)
+and image-text retrieval recall@K on held-out shards (``--val-data``).
+
+Eval sets are loaded (and so checked) before training starts; images are decoded and
+encoded a batch at a time, and retrieval similarities are computed a block of rows at a
+time, so memory holds features, never the whole similarity matrix.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.overlap.evalsets import EvalSet, EvalSetError, load_eval_set, parse_eval_spec
+from pipeline.shards.reader import split_member_name
+from training import zeroshot
+from training.data import TrainDataError, resolve_shards
+from training.templates import read_templates, templates_for
+
+RECALL_KS: tuple[int, ...] = (1, 5, 10)
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+def load_zeroshot_sets(specs: Sequence[str]) -> list[EvalSet]:
+    """Eval sets for ``--zeroshot`` specs; raises ``EvalSetError`` naming the bad one."""
+    sets = []
+    for spec in specs:
+        try:
+            sets.append(load_eval_set(parse_eval_spec(spec)))
+        except EvalSetError as e:
+            # The registry words its errors for pipeline.overlap's --eval flag.
+            raise EvalSetError(str(e).replace("--eval ", "--zeroshot ", 1)) from None
+    names = [s.name for s in sets]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise EvalSetError(
+            f"--zeroshot: eval set {dup[0]} given twice; use ALIAS={dup[0]}:PATH for two sets"
+        )
+    for s in sets:
+        if not s.has_labels:
+            raise EvalSetError(f"--zeroshot {s.name}: the set has no labels to score against")
+    return sets
+
+
+def _batches(eval_set: EvalSet, preprocess: Callable[[Any], Any], batch_size: int) -> Iterator[Any]:
+    import torch
+
+    for i in range(0, len(eval_set), batch_size):
+        idx = range(i, min(i + batch_size, len(eval_set)))
+        yield torch.stack([preprocess(eval_set.images.image(j).convert("RGB")) for j in idx])
+
+
+def zeroshot_eval(
+    model: Any,
+    preprocess: Callable[[Any], Any],
+    tokenizer: Callable[[list[str]], Any],
+    eval_set: EvalSet,
+    templates: Sequence[str] | None = None,
+    device: Any = "cpu",
+    batch_size: int = 256,
+) -> tuple[dict[str, Any], list[int]]:
+    """(metrics, predicted class per item in ``eval_set.ids`` order)."""
+    import torch
+    import torch.nn.functional as F
+
+    templates = tuple(templates or templates_for(eval_set.kind))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            weights = []
+            for name in eval_set.classes:
+                texts = tokenizer([t.format(name) for t in templates]).to(device)
+                feats = F.normalize(model.encode_text(texts).float(), dim=-1)
+                weights.append(F.normalize(feats.mean(dim=0), dim=-1))
+            classifier = torch.stack(weights, dim=1)
+            k = min(5, classifier.shape[1])
+            labels = torch.as_tensor(eval_set.labels)
+            preds: list[int] = []
+            hits1 = hits5 = 0
+            for x in _batches(eval_set, preprocess, batch_size):
+                feats = F.normalize(model.encode_image(x.to(device)).float(), dim=-1)
+                topk = (feats @ classifier).topk(k, dim=-1).indices.cpu()
+                y = labels[len(preds) : len(preds) + len(x)]
+                hits1 += int((topk[:, 0] == y).sum())
+                hits5 += int((topk == y[:, None]).any(dim=-1).sum())
+                preds.extend(topk[:, 0].tolist())
+    finally:
+        model.train(was_training)
+    n = len(preds)
+    metrics = {
+        "kind": eval_set.kind,
+        "root": str(eval_set.root),
+        "items": n,
+        "classes": len(eval_set.classes),
+        "templates": len(templates),
+        "top1": hits1 / n,
+        "top5": hits5 / n,
+    }
+    return metrics, preds
+
+
+def write_zeroshot_predictions(path: Path, eval_set: EvalSet, preds: Sequence[int]) -> None:
+    zeroshot.write_predictions(path, list(eval_set.ids), list(preds))
+
+
+@dataclass(frozen=True)
+class Pair:
+    key: str
+    image: bytes
+    caption: str
+
+
+def read_pairs(spec: str, limit: int = 0) -> list[Pair]:
+    """(image, caption) pairs from a shard folder, tar or brace pattern, in shard order.
+    Samples without an image or a caption are skipped."""
+    try:
+        shards = resolve_shards(spec)
+    except TrainDataError as e:
+        raise TrainDataError(f"--val-data: {e}") from None
+    pairs: list[Pair] = []
+    for shard in shards:
+        members: dict[str, dict[str, bytes]] = {}
+        order: list[str] = []
+        try:
+            with tarfile.open(shard) as tar:
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    parsed = split_member_name(info.name)
+                    if parsed is None:
+                        continue
+                    key, ext = parsed
+                    f = tar.extractfile(info)
+                    if f is None:
+                        continue
+                    if key not in members:
+                        members[key] = {}
+                        order.append(key)
+                    members[key][ext] = f.read()
+        except (tarfile.TarError, OSError) as e:
+            raise TrainDataError(f"--val-data: cannot read {shard}: {e}") from None
+        for key in order:
+            m = members[key]
+            ext = next((e for e in _IMAGE_EXTS if e in m), None)
+            if ext is None or "txt" not in m:
+                continue
+            pairs.append(Pair(key, m[ext], m["txt"].decode("utf-8", "replace").strip()))
+            if limit and len(pairs) >= limit:
+                return pairs
+    if not pairs:
+        raise TrainDataError(f"--val-data {spec}: no samples with both an image and a .txt")
+    return pairs
+
+
+def recall_at_k(
+    image_features: Any, text_features: Any, ks: Sequence[int] = RECALL_KS, chunk: int = 1024
+) -> dict[str, float]:
+    """Recall@K both ways for aligned, normalized features (pair i is image i, text i).
+
+    Rows of the similarity matrix are computed ``chunk`` at a time: memory is
+    ``chunk * N``, never ``N * N``. Exact ties (duplicate captions give identical text
+    features) are broken at random in expectation: a query whose match has ``g`` keys
+    strictly above it and ``t`` other keys tied with it scores ``clip((K - g) / (t + 1))``,
+    so duplicates neither all win nor all lose, and a constant model scores ``K / N``.
+    """
+    import torch
+
+    n = image_features.shape[0]
+    out: dict[str, float] = {}
+    for direction, queries, keys in (
+        ("image_to_text", image_features, text_features),
+        ("text_to_image", text_features, image_features),
+    ):
+        above = torch.empty(n, dtype=torch.float64)
+        ties = torch.empty(n, dtype=torch.float64)
+        for i in range(0, n, chunk):
+            sims = queries[i : i + chunk] @ keys.T
+            rows = torch.arange(i, min(i + chunk, n))
+            true = sims[torch.arange(len(rows)), rows][:, None]
+            above[rows] = (sims > true).sum(dim=1).double()
+            ties[rows] = (sims == true).sum(dim=1).double() - 1
+        for k in ks:
+            hit = ((k - above) / (ties + 1)).clamp(0, 1)
+            out[f"{direction}_R@{k}"] = float(hit.mean())
+    out["pairs"] = n
+    return out
+
+
+def retrieval_eval(
+    model: Any,
+    preprocess: Callable[[Any], Any],
+    tokenizer: Callable[[list[str]], Any],
+    pairs: Sequence[Pair],
+    device: Any = "cpu",
+    batch_size: int = 256,
+) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    was_training = model.training
+    model.eval()
+    img_feats, txt_feats = [], []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(pairs), batch_size):
+                chunk = pairs[i : i + batch_size]
+                x = torch.stack(
+                    [preprocess(Image.open(io.BytesIO(p.image)).convert("RGB")) for p in chunk]
+                )
+                t = tokenizer([p.caption for p in chunk])
+                img_feats.append(F.normalize(model.encode_image(x.to(device)).float(), dim=-1))
+                txt_feats.append(F.normalize(model.encode_text(t.to(device)).float(), dim=-1))
+    finally:
+        model.train(was_training)
+    return recall_at_k(torch.cat(img_feats).cpu(), torch.cat(txt_feats).cpu())
+
+
+@dataclass
+class Evaluator:
+    """Everything ``training.run`` evaluates, loaded and validated before training."""
+
+    sets: list[EvalSet]
+    templates: tuple[str, ...] | None
+    pairs: list[Pair]
+
+    @classmethod
+    def from_args(
+        cls,
+        zeroshot_specs: Sequence[str],
+        templates_file: str | None,
+        val_data: str | None,
+        val_max: int = 0,
+    ) -> Evaluator:
+        templates = read_templates(templates_file) if templates_file else None
+        sets = load_zeroshot_sets(zeroshot_specs)
+        pairs = read_pairs(val_data, val_max) if val_data else []
+        return cls(sets, templates, pairs)
+
+    def __bool__(self) -> bool:
+        return bool(self.sets or self.pairs)
+
+    def run(
+        self,
+        model: Any,
+        preprocess: Callable[[Any], Any],
+        tokenizer: Callable[[list[str]], Any],
+        device: Any,
+        predictions_dir: Path | None = None,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = {"zeroshot": {}}
+        for s in self.sets:
+            metrics, preds = zeroshot_eval(
+                model, preprocess, tokenizer, s, self.templates, device=device
+            )
+            if predictions_dir is not None:
+                path = predictions_dir / f"{s.name}.csv"
+                write_zeroshot_predictions(path, s, preds)
+                metrics["predictions"] = str(path)
+            result["zeroshot"][s.name] = metrics
+        if self.pairs:
+            result["retrieval"] = retrieval_eval(model, preprocess, tokenizer, self.pairs, device)
+        return result
