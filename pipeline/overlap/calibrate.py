@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.overlap.detectors import Detector
+from pipeline.overlap.detectors import Detector, embed_many
 from pipeline.overlap.evalsets import EvalSet
 from pipeline.overlap.search import knn
 from pipeline.overlap.transforms import TransformSpec, transform
@@ -95,8 +95,9 @@ def plant_copies(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Codes of transformed copies of ``rows``, and which rows got one (decodable copies)."""
     codes, ok = [], []
-    for r in rows:
-        code = detector.embed_bytes(transform(eval_set.images.image(int(r)), rng, spec))
+    # Transform every row first (same rng sequence as one at a time), then embed in batches.
+    copies = [transform(eval_set.images.image(int(r)), rng, spec) for r in rows]
+    for r, code in zip(rows, embed_many(detector, copies), strict=True):
         if code is not None:
             codes.append(code)
             ok.append(r)

@@ -20,6 +20,10 @@ class OverlapConfig:
     detector: str = "phash"
     hashes: tuple[str, ...] = ("phash", "dhash")
     hash_size: int = 16  # bits per hash = hash_size**2
+    embed_size: int = 288  # torchscript input side
+    embed_resize: str = "crop"  # crop: short side then centre crop; squash: straight to a square
+    embed_batch: int = 64
+    embed_device: str = "auto"  # auto: cuda when available, else cpu
     precision: float = 0.99  # calibration target
     threshold: float = math.nan  # similarity; NaN: calibrate per eval set
     top_k: int = 5
@@ -49,6 +53,14 @@ class OverlapConfig:
             )
         if "whash" in self.hashes and self.hash_size & (self.hash_size - 1):
             raise ConfigError(f"whash needs a power-of-two hash_size, got {self.hash_size}")
+        if self.embed_size < 8:
+            raise ConfigError(f"embed_size must be >= 8, got {self.embed_size}")
+        if self.embed_resize not in ("crop", "squash"):
+            raise ConfigError(f"embed_resize must be crop or squash, got {self.embed_resize!r}")
+        if self.embed_batch < 1:
+            raise ConfigError(f"embed_batch must be >= 1, got {self.embed_batch}")
+        if not self.embed_device:
+            raise ConfigError("embed_device must not be empty (auto, cpu, cuda, cuda:N)")
         if not 0 < self.precision <= 1:
             raise ConfigError(f"precision must be in (0, 1], got {self.precision}")
         if math.isinf(self.threshold):
@@ -74,12 +86,20 @@ class OverlapConfig:
 
 
 HELP: dict[str, str] = {
-    "detector": "duplicate detector: phash (imagehash codes, Hamming distance); embedding:... and "
-    "torchscript:PATH need torch and the training stage (not available yet) (default: phash)",
+    "detector": "duplicate detector: phash (imagehash codes, Hamming distance); "
+    "torchscript:PATH (a TorchScript image model such as SSCD, [N,3,S,S] ImageNet-normalized "
+    "in, [N,D] out); embedding:open_clip:CONFIG_JSON:CHECKPOINT (an open_clip image tower "
+    "built offline); embeddings are L2-normalized, similarity = inner product (default: phash)",
     "hashes": "perceptual hashes concatenated into one binary code: "
     + ", ".join(HASHES)
     + " (default: phash,dhash)",
     "hash_size": "hash side: each hash has hash_size**2 bits (default: 16)",
+    "embed_size": "torchscript detector input side S (default: 288)",
+    "embed_resize": "torchscript resizing: crop (short side to S, centre crop) or squash "
+    "(straight to S x S) (default: crop)",
+    "embed_batch": "images per batch of an embedding detector (default: 64)",
+    "embed_device": "device of an embedding detector: auto (CUDA when available), cpu, cuda, "
+    "cuda:N (default: auto)",
     "precision": "target precision of the calibrated threshold (default: 0.99)",
     "threshold": "similarity threshold (1 = identical codes) instead of calibrating one",
     "top_k": "nearest training images kept per eval item (default: 5)",

@@ -2,17 +2,35 @@
 
 ``phash`` concatenates imagehash perceptual hashes into one binary code compared by
 Hamming distance (FAISS binary index). Its similarity is ``1 - distance / bits``: 1 for
-identical codes, about 0.5 for unrelated images. Embedding detectors (``embedding:...``,
-``torchscript:PATH``) will give unit float vectors compared by inner product; they need
-torch and the training stage, which this code base does not have yet.
+identical codes, about 0.5 for unrelated images.
+
+Embedding detectors give L2-normalized float vectors compared by inner product (FAISS
+``IndexFlatIP``), so the similarity is a cosine, 1 for identical images:
+
+- ``torchscript:PATH``: a TorchScript image model (e.g. an SSCD copy-detection model) taking
+  a float batch [N, 3, S, S] normalized with ImageNet mean/std and returning [N, D]. Images
+  are resized (short side ``embed_size``, then centre crop; or ``embed_resize = squash``:
+  straight to ``embed_size`` x ``embed_size``, as SSCD's 320x320 descriptors).
+- ``embedding:open_clip:CONFIG_JSON:CHECKPOINT``: the image tower of an open_clip model
+  built offline from a model-config JSON (registered under its file stem) and a checkpoint
+  (``torch.save({'model': state_dict})``, ``{'state_dict': ...}`` or a plain state dict,
+  read with ``weights_only=True``), with open_clip's own eval preprocessing. Nothing is
+  ever downloaded.
+
+Both run batches of ``embed_batch`` images on ``embed_device`` (``auto``: CUDA when
+available). torch and open_clip are imported only here, and only when such a detector is
+made. A detector pickles without its model (Spark tasks, worker processes) and reloads it
+from its files on first use.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -91,14 +109,15 @@ def _grey(img: Image.Image) -> Image.Image:
 
 
 def decode_for_hash(data: bytes, min_side: int) -> Image.Image | None:
-    """Decode an image no bigger than needed (JPEG DCT scaling), upright (EXIF orientation)."""
+    """Decode an image no bigger than needed (JPEG DCT scaling to at least ``min_side``, in
+    grey; 0: full size, own colours), upright (EXIF orientation)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.width * img.height > _MAX_PIXELS:
                 return None
-            if img.format == "JPEG":
+            if img.format == "JPEG" and min_side > 0:
                 img.draft("L", (min_side, min_side))
             img.load()
             if img.getexif().get(0x0112, 1) != 1:
@@ -108,21 +127,300 @@ def decode_for_hash(data: bytes, min_side: int) -> Image.Image | None:
         return None
 
 
-def make_detector(config: OverlapConfig) -> PHashDetector:
+def embed_many(detector: Detector, images: Sequence[bytes]) -> list[np.ndarray | None]:
+    """Codes of encoded images, in batches where the detector can (embedding detectors)."""
+    batch = getattr(detector, "embed_bytes_batch", None)
+    if batch is not None:
+        return batch(images)
+    return [detector.embed_bytes(d) for d in images]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class EmbeddingDetector:
+    """A torch image model giving L2-normalized vectors; similarity is the inner product."""
+
+    kind: Literal["binary", "float"] = "float"
+
+    def __init__(self, source: str, batch_size: int = 64, device: str = "auto") -> None:
+        self.source = source
+        self.batch_size = batch_size
+        self.device_name = device
+        self._model: Any = None
+        self._preprocess: Callable[[Image.Image], Any] | None = None
+        self._dim = 0
+        self._load()  # fail now, with one clear error, rather than inside a worker
+
+    # -- loading -------------------------------------------------------------------------
+    def _device(self) -> Any:
+        import torch
+
+        if self.device_name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(self.device_name)
+        except RuntimeError as e:
+            raise DetectorError(f"embed_device {self.device_name!r}: {e}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise DetectorError(f"embed_device {self.device_name}: CUDA is not available here")
+        return dev
+
+    def _build(self, device: Any) -> tuple[Any, Callable[[Image.Image], Any], int]:
+        raise NotImplementedError
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        try:
+            import torch
+        except ImportError:
+            raise DetectorError(
+                f"detector {self.source}: needs torch, which is not installed"
+            ) from None
+        device = self._device()
+        model, preprocess, size = self._build(device)
+        model.eval()
+        self._device_obj = device
+        self._model = model
+        self._preprocess = preprocess
+        try:
+            with torch.inference_mode():
+                out = model(torch.zeros(1, 3, size, size, device=device))
+        except Exception as e:  # any failure of a user's model on a dummy batch
+            raise DetectorError(
+                f"detector {self.source}: the model fails on a [1, 3, {size}, {size}] batch: "
+                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            ) from None
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DetectorError(
+                f"detector {self.source}: the model must return one [N, D] tensor, got {shape}"
+            )
+        self._dim = int(out.shape[1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_model=None, _preprocess=None, _device_obj=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # the model reloads on first use
+
+    # -- embedding -----------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def describe(self) -> str:
+        return self.source
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(len(images), dim) float32 unit vectors."""
+        import torch
+
+        self._load()
+        assert self._preprocess is not None
+        out = np.zeros((len(images), self._dim), np.float32)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            x = torch.stack([self._preprocess(_rgb(im)) for im in chunk]).to(self._device_obj)
+            with torch.inference_mode():
+                y = self._model(x).float()
+                y = torch.nn.functional.normalize(y, dim=1)
+            out[start : start + len(chunk)] = y.cpu().numpy()
+        return out
+
+    def embed_image(self, img: Image.Image) -> np.ndarray:
+        return self.embed_images([img])[0]
+
+    def embed_bytes(self, data: bytes) -> np.ndarray | None:
+        return self.embed_bytes_batch([data])[0]
+
+    def embed_bytes_batch(self, images: Sequence[bytes]) -> list[np.ndarray | None]:
+        decoded = [decode_for_hash(d, 0) for d in images]
+        ok = [img for img in decoded if img is not None]
+        codes = iter(self.embed_images(ok)) if ok else iter(())
+        return [None if img is None else next(codes) for img in decoded]
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+class TorchScriptDetector(EmbeddingDetector):
+    def __init__(
+        self,
+        path: str | Path,
+        size: int = 288,
+        resize: str = "crop",
+        batch_size: int = 64,
+        device: str = "auto",
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self.size = size
+        self.resize = resize
+        super().__init__(f"torchscript:{path}", batch_size, device)
+
+    def describe(self) -> str:
+        return f"torchscript({self.path.name}, {self.resize} {self.size})"
+
+    def _build(self, device: Any) -> tuple[Any, Callable[[Image.Image], Any], int]:
+        import torch
+
+        if not self.path.is_file():
+            raise DetectorError(f"detector {self.source}: no such file {self.path}")
+        try:
+            with warnings.catch_warnings():  # torch 2.9+ marks TorchScript deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(self.path), map_location=device)
+        except Exception as e:  # torch raises RuntimeError, ValueError, zipfile errors...
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DetectorError(
+                f"detector {self.source}: not a TorchScript model (torch.jit.save): {msg}"
+            ) from None
+        size, resize = self.size, self.resize
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+        def preprocess(img: Image.Image) -> Any:
+            if resize == "squash":
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
+            else:
+                scale = size / min(img.size)
+                w = max(size, round(img.width * scale))
+                h = max(size, round(img.height * scale))
+                img = img.resize((w, h), Image.Resampling.BICUBIC)
+                left, top = (w - size) // 2, (h - size) // 2
+                img = img.crop((left, top, left + size, top + size))
+            x = torch.from_numpy(np.array(img, np.float32, copy=True)).permute(2, 0, 1) / 255.0
+            return (x - mean) / std
+
+        return model, preprocess, size
+
+
+class OpenClipDetector(EmbeddingDetector):
+    def __init__(
+        self,
+        config_json: str | Path,
+        checkpoint: str | Path,
+        batch_size: int = 64,
+        device: str = "auto",
+    ) -> None:
+        self.config_json = Path(config_json).expanduser()
+        self.checkpoint = Path(checkpoint).expanduser()
+        super().__init__(f"embedding:open_clip:{config_json}:{checkpoint}", batch_size, device)
+
+    def describe(self) -> str:
+        return f"open_clip({self.config_json.stem}, {self.checkpoint.name})"
+
+    def _build(self, device: Any) -> tuple[Any, Callable[[Image.Image], Any], int]:
+        import json
+
+        import torch
+
+        for what, p in (("model config", self.config_json), ("checkpoint", self.checkpoint)):
+            if not p.is_file():
+                raise DetectorError(f"detector {self.source}: {what}: no such file {p}")
+        try:
+            import open_clip
+        except ImportError:
+            raise DetectorError(
+                f"detector {self.source}: needs open_clip_torch, which is not installed"
+            ) from None
+        try:
+            cfg = json.loads(self.config_json.read_text())
+            if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "embed_dim" not in cfg:
+                raise ValueError("needs embed_dim and vision_cfg")
+        except (ValueError, OSError) as e:
+            raise DetectorError(
+                f"detector {self.source}: model config {self.config_json}: not an open_clip "
+                f"model config: {e}"
+            ) from None
+        open_clip.add_model_config(self.config_json)
+        name = self.config_json.stem
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None, device=device
+            )
+        except Exception as e:  # an invalid config: open_clip raises many kinds
+            raise DetectorError(
+                f"detector {self.source}: model config {self.config_json}: {type(e).__name__}: {e}"
+            ) from None
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a torch file, or one holding more than tensors
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DetectorError(
+                f"detector {self.source}: checkpoint {self.checkpoint}: cannot read it "
+                f"(torch.load, weights_only=True): {msg}"
+            ) from None
+        if isinstance(state, dict):
+            for key in ("model", "state_dict"):
+                if isinstance(state.get(key), dict):
+                    state = state[key]
+                    break
+        if not isinstance(state, dict):
+            raise DetectorError(
+                f"detector {self.source}: checkpoint {self.checkpoint}: no state dict in it"
+            )
+        state = {
+            (k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()
+        }
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            msg = " ".join(str(e).split())[:300]
+            raise DetectorError(
+                f"detector {self.source}: checkpoint {self.checkpoint} does not fit the model "
+                f"config {self.config_json}: {msg}"
+            ) from None
+        visual = model.visual.to(device)
+        size = visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        return visual, preprocess, size
+
+
+DETECTOR_SYNTAX = "phash, torchscript:PATH, embedding:open_clip:CONFIG_JSON:CHECKPOINT"
+
+
+def make_detector(config: OverlapConfig) -> Detector:
     spec = config.detector
     if spec == "phash":
         return PHashDetector(tuple(config.hashes), config.hash_size)
+    if spec.startswith("torchscript:"):
+        path = spec[len("torchscript:") :]
+        if not path:
+            raise DetectorError("detector torchscript: needs a path: torchscript:PATH")
+        return TorchScriptDetector(
+            path, config.embed_size, config.embed_resize, config.embed_batch, config.embed_device
+        )
+    if spec.startswith("embedding:open_clip:"):
+        rest = spec[len("embedding:open_clip:") :]
+        cfg_path, sep, ckpt = rest.partition(".json:")
+        if sep:
+            cfg_path += ".json"
+        else:
+            cfg_path, _, ckpt = rest.partition(":")
+        if not cfg_path or not ckpt:
+            raise DetectorError(
+                f"detector {spec}: expected embedding:open_clip:CONFIG_JSON:CHECKPOINT"
+            )
+        return OpenClipDetector(cfg_path, ckpt, config.embed_batch, config.embed_device)
     if spec.startswith("embedding:") or spec == "embedding":
         raise DetectorError(
-            f"detector {spec}: not available yet: embedding detectors need torch (not installed) "
-            "and the training stage's image encoder (training/, not written yet); use --detector phash"
-        )
-    if spec.startswith("torchscript:"):
-        raise DetectorError(
-            f"detector {spec}: not available yet: TorchScript detectors (e.g. SSCD) need torch, "
-            "which is not installed; use --detector phash"
+            f"detector {spec}: unknown embedding model; available: "
+            "embedding:open_clip:CONFIG_JSON:CHECKPOINT (the training stage's own encoder and "
+            "CLIP appendix C's learned detector are not available yet)"
         )
     raise DetectorError(
-        f"detector {spec!r}: unknown; available: phash (not yet: embedding:..., torchscript:PATH, "
-        "and the learned detector of CLIP's appendix C)"
+        f"detector {spec!r}: unknown; available: {DETECTOR_SYNTAX} (not yet: the learned "
+        "detector of CLIP's appendix C)"
     )

@@ -8,6 +8,7 @@ once for all eval sets together (locally or on Spark), and the outputs are writt
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
@@ -20,11 +21,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from pipeline.overlap import report as rep
 from pipeline.overlap.calibrate import Calibration, CalibrationError, calibrate
 from pipeline.overlap.config import OverlapConfig
-from pipeline.overlap.detectors import Detector, make_detector
+from pipeline.overlap.detectors import Detector, embed_many, make_detector
 from pipeline.overlap.evalsets import EvalSet, EvalSetError, EvalSpec, load_eval_set
 from pipeline.overlap.predictions import read_predictions
 from pipeline.overlap.search import (
@@ -124,6 +126,19 @@ def embed_eval_set(eval_set: EvalSet, detector: Detector) -> tuple[np.ndarray, n
     dtype = np.uint8 if detector.kind == "binary" else np.float32
     codes = np.zeros((len(eval_set), width), dtype)
     valid = np.zeros(len(eval_set), bool)
+    if detector.kind == "float":
+        # Embedding detectors run batches: encode the array formats' items (PNG, lossless).
+        for start in range(0, len(eval_set), 256):
+            rows = range(start, min(start + 256, len(eval_set)))
+            datas = []
+            for i in rows:
+                data = eval_set.images.encoded(i)
+                datas.append(_png(eval_set.images.image(i)) if data is None else data)
+            for i, code in zip(rows, embed_many(detector, datas), strict=True):
+                if code is not None:
+                    codes[i] = code
+                    valid[i] = True
+        return codes, valid
     for i in range(len(eval_set)):
         data = eval_set.images.encoded(i)
         if data is None:
@@ -136,6 +151,12 @@ def embed_eval_set(eval_set: EvalSet, detector: Detector) -> tuple[np.ndarray, n
     return codes, valid
 
 
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _search(
     job: OverlapJob, prep: Prepared, index: EvalIndex, log: Callable[[str], None]
 ) -> SearchResult:
@@ -146,6 +167,8 @@ def _search(
 
         return search_spark(shards, index, prep.detector, cfg.top_k, cfg.max_matches)
     processes = cfg.processes or os.cpu_count() or 1
+    if prep.detector.kind == "float":
+        processes = 1  # torch already uses every core (or the GPU) within a batch
     done = [0]
     t0 = time.perf_counter()
 

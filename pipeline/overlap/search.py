@@ -23,10 +23,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pipeline.overlap.detectors import Detector
+from pipeline.overlap.detectors import Detector, embed_many
 from pipeline.shards.reader import iter_shard
 from pipeline.stats.counters import Counters
 
+_EMBED_CHUNK = 256  # encoded images handed to a detector at once (embedding detectors batch)
 EMPTY_REF = np.iinfo(np.int64).max
 NO_SCORE = np.float32(-np.inf)
 
@@ -243,14 +244,25 @@ def search_shard(
     codes: list[np.ndarray] = []
     indices: list[int] = []
     keys: list[str] = []
+    pending: list[Any] = []
+
+    def flush() -> None:
+        for sample, code in zip(
+            pending, embed_many(detector, [s.image for s in pending]), strict=True
+        ):
+            if code is None:
+                counters.add("undecodable")
+                continue
+            codes.append(code)
+            indices.append(sample.index)
+            keys.append(sample.key)
+        pending.clear()
+
     for sample in iter_shard(path, counters):
-        code = detector.embed_bytes(sample.image)
-        if code is None:
-            counters.add("undecodable")
-            continue
-        codes.append(code)
-        indices.append(sample.index)
-        keys.append(sample.key)
+        pending.append(sample)
+        if len(pending) >= _EMBED_CHUNK:
+            flush()
+    flush()
     counters.add("embedded", len(codes))
     counters.add("shards")
     dtype = np.uint8 if index.kind == "binary" else np.float32

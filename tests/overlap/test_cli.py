@@ -113,12 +113,13 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "embedding detector",
         ["--eval", "cifar10:{tmp}/c", "--detector", "embedding:clip"],
-        r"detector embedding:clip: not available yet: .*torch \(not installed\)",
+        r"detector embedding:clip: unknown embedding model; available: "
+        r"embedding:open_clip:CONFIG_JSON:CHECKPOINT",
     ),
     (
-        "torchscript detector",
+        "torchscript detector, missing file",
         ["--eval", "cifar10:{tmp}/c", "--detector", "torchscript:{tmp}/sscd.pt"],
-        r"not available yet: TorchScript detectors .* need torch",
+        r"detector torchscript:.*/sscd\.pt: no such file .*/sscd\.pt$",
     ),
     (
         "unknown detector",
