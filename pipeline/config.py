@@ -321,7 +321,11 @@ def iter_settings(cls: type) -> list[tuple[str, Any]]:
 
 
 def add_setting_flags(
-    parser: Any, cls: type, skip: Iterable[str] = (), help_texts: Mapping[str, str] = HELP
+    parser: Any,
+    cls: type,
+    skip: Iterable[str] = (),
+    help_texts: Mapping[str, str] = HELP,
+    metavars: Mapping[str, str] | None = None,
 ) -> None:
     """Add one ``--flag`` per setting of ``cls``; unset flags stay None (the file decides).
 
@@ -345,7 +349,9 @@ def add_setting_flags(
                 help=help_text,
             )
         else:
-            metavar = "CIDR,..." if name == "allow_networks" else name.upper().split("_")[-1]
+            metavar = {"allow_networks": "CIDR,...", **(metavars or {})}.get(
+                name, name.upper().split("_")[-1]
+            )
             parser.add_argument(flag, dest=name, default=None, metavar=metavar, help=help_text)
 
 

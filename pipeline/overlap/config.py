@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.config import ConfigError, iter_settings
+from pipeline.config import ConfigError
 
 HASHES: tuple[str, ...] = ("phash", "dhash", "dhash_vertical", "average_hash", "whash")
 
@@ -118,18 +118,6 @@ HELP: dict[str, str] = {
 
 def add_overlap_flags(parser: Any) -> None:
     """One ``--flag`` per setting; unset flags stay None so a config file can decide."""
-    for name, default in iter_settings(OverlapConfig):
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(
-                flag,
-                dest=name,
-                default=None,
-                nargs="?",
-                const="true",
-                metavar="BOOL",
-                help=HELP[name],
-            )
-        else:
-            metavar = "NAME,..." if name == "hashes" else name.upper().split("_")[-1]
-            parser.add_argument(flag, dest=name, default=None, metavar=metavar, help=HELP[name])
+    from pipeline.config import add_setting_flags
+
+    add_setting_flags(parser, OverlapConfig, help_texts=HELP, metavars={"hashes": "NAME,..."})
