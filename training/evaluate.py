@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from pipeline.overlap.evalsets import EvalSet, EvalSetError, load_eval_set, pars
 from pipeline.shards.reader import split_member_name
 from training import zeroshot
 from training.data import TrainDataError, resolve_shards
-from training.templates import read_templates, templates_for
+from training.templates import read_templates
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -47,14 +47,6 @@ def load_zeroshot_sets(specs: Sequence[str]) -> list[EvalSet]:
     return sets
 
 
-def _batches(eval_set: EvalSet, preprocess: Callable[[Any], Any], batch_size: int) -> Iterator[Any]:
-    import torch
-
-    for i in range(0, len(eval_set), batch_size):
-        idx = range(i, min(i + batch_size, len(eval_set)))
-        yield torch.stack([preprocess(eval_set.images.image(j).convert("RGB")) for j in idx])
-
-
 def zeroshot_eval(
     model: Any,
     preprocess: Callable[[Any], Any],
@@ -64,45 +56,13 @@ def zeroshot_eval(
     device: Any = "cpu",
     batch_size: int = 256,
 ) -> tuple[dict[str, Any], list[int]]:
-    """(metrics, predicted class per item in ``eval_set.ids`` order)."""
-    import torch
-    import torch.nn.functional as F
+    """(metrics, predicted class per item in ``eval_set.ids`` order; -1: undecodable).
 
-    templates = tuple(templates or templates_for(eval_set.kind))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            weights = []
-            for name in eval_set.classes:
-                texts = tokenizer([t.format(name) for t in templates]).to(device)
-                feats = F.normalize(model.encode_text(texts).float(), dim=-1)
-                weights.append(F.normalize(feats.mean(dim=0), dim=-1))
-            classifier = torch.stack(weights, dim=1)
-            k = min(5, classifier.shape[1])
-            labels = torch.as_tensor(eval_set.labels)
-            preds: list[int] = []
-            hits1 = hits5 = 0
-            for x in _batches(eval_set, preprocess, batch_size):
-                feats = F.normalize(model.encode_image(x.to(device)).float(), dim=-1)
-                topk = (feats @ classifier).topk(k, dim=-1).indices.cpu()
-                y = labels[len(preds) : len(preds) + len(x)]
-                hits1 += int((topk[:, 0] == y).sum())
-                hits5 += int((topk == y[:, None]).any(dim=-1).sum())
-                preds.extend(topk[:, 0].tolist())
-    finally:
-        model.train(was_training)
-    n = len(preds)
-    metrics = {
-        "kind": eval_set.kind,
-        "root": str(eval_set.root),
-        "items": n,
-        "classes": len(eval_set.classes),
-        "templates": len(templates),
-        "top1": hits1 / n,
-        "top5": hits5 / n,
-    }
-    return metrics, preds
+    The same computation as ``pipeline.overlap --checkpoint`` (``predict_eval_set``)."""
+    result = zeroshot.predict_eval_set(
+        model, preprocess, tokenizer, eval_set, templates, device, batch_size
+    )
+    return result.metrics, result.predictions.tolist()
 
 
 def write_zeroshot_predictions(path: Path, eval_set: EvalSet, preds: Sequence[int]) -> None:

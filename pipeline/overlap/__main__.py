@@ -18,6 +18,8 @@ from pipeline.overlap.detectors import DetectorError
 from pipeline.overlap.evalsets import REGISTRY, EvalSetError, parse_eval_spec
 from pipeline.overlap.predictions import PredictionsError
 from pipeline.overlap.run import OverlapJob, parse_named_paths, run_overlap
+from pipeline.overlap.templates import TemplatesError
+from pipeline.overlap.zeroshot import ZeroShotError
 from pipeline.shards.reader import ShardReadError
 
 
@@ -69,7 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         metavar="FILE",
-        help="zero-shot predictions from a training-stage checkpoint (not available yet)",
+        help="accuracies from zero-shot predictions of a training checkpoint (training.run's "
+        "OUTPUT/checkpoints/step_*.pt) on every eval set, computed as training.run --zeroshot "
+        "does; written to REPORT_DIR/<eval>/predictions.parquet; instead of --predictions",
+    )
+    p.add_argument(
+        "--model-config",
+        metavar="CONFIG.json",
+        help="open_clip model-config JSON of the --checkpoint model (training.run's are "
+        "training/model_configs/NAME.json); needed unless the checkpoint records its config",
+    )
+    p.add_argument(
+        "--templates",
+        metavar="FILE",
+        help="--checkpoint prompt templates, one per line with {} for the class name (every "
+        "set); default: built-in ones per eval set (OpenAI's 80 for ImageNet)",
     )
     p.add_argument("--config", help="TOML or YAML file with the same settings as the flags")
     add_overlap_flags(p)
@@ -82,11 +98,10 @@ def job_from_args(args: argparse.Namespace) -> OverlapJob:
     settings = load_settings(args.config) if args.config else {}
     settings.update(settings_from_args(args, OverlapConfig))
     config = build_config(OverlapConfig, settings)
-    if args.checkpoint:
-        raise ConfigError(
-            "--checkpoint: not available yet: zero-shot predictions need the training stage "
-            "(training/, not written yet) and torch (not installed); pass --predictions FILE"
-        )
+    if args.checkpoint and args.predictions:
+        raise ConfigError("give --predictions FILE or --checkpoint FILE, not both")
+    if not args.checkpoint and (args.model_config or args.templates):
+        raise ConfigError("--model-config and --templates need --checkpoint FILE")
     evals = tuple(parse_eval_spec(e) for e in args.eval)
     names = [e.name for e in evals]
     named_roots, plain_roots = parse_named_paths(
@@ -109,6 +124,9 @@ def job_from_args(args: argparse.Namespace) -> OverlapJob:
         eval_root=plain_roots[0] if plain_roots else None,
         eval_roots=named_roots,
         predictions=named_preds,
+        checkpoint=Path(args.checkpoint).expanduser() if args.checkpoint else None,
+        model_config=Path(args.model_config).expanduser() if args.model_config else None,
+        templates=Path(args.templates).expanduser() if args.templates else None,
     )
 
 
@@ -124,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ShardReadError,
         DetectorError,
         CalibrationError,
+        ZeroShotError,
+        TemplatesError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -133,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if r["all_minus_clean"] is None
             else f", All - Clean {100 * r['all_minus_clean']:+.2f}%"
         )
+        if "zeroshot" in r:
+            acc += f", zero-shot top-1 {100 * r['zeroshot']['top1']:.2f}%"
         print(
             f"{name}: {r['n_overlap']:,} of {r['n_all']:,} items overlap ({r['overlap_pct']:.2f}%){acc}"
         )

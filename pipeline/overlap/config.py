@@ -24,6 +24,8 @@ class OverlapConfig:
     embed_resize: str = "crop"  # crop: short side then centre crop; squash: straight to a square
     embed_batch: int = 64
     embed_device: str = "auto"  # auto: cuda when available, else cpu
+    zeroshot_batch: int = 256  # --checkpoint: images per batch (training.run's own batch)
+    zeroshot_device: str = "auto"
     precision: float = 0.99  # calibration target
     threshold: float = math.nan  # similarity; NaN: calibrate per eval set
     top_k: int = 5
@@ -61,6 +63,10 @@ class OverlapConfig:
             raise ConfigError(f"embed_batch must be >= 1, got {self.embed_batch}")
         if not self.embed_device:
             raise ConfigError("embed_device must not be empty (auto, cpu, cuda, cuda:N)")
+        if self.zeroshot_batch < 1:
+            raise ConfigError(f"zeroshot_batch must be >= 1, got {self.zeroshot_batch}")
+        if not self.zeroshot_device:
+            raise ConfigError("zeroshot_device must not be empty (auto, cpu, cuda, cuda:N)")
         if not 0 < self.precision <= 1:
             raise ConfigError(f"precision must be in (0, 1], got {self.precision}")
         if math.isinf(self.threshold):
@@ -100,6 +106,10 @@ HELP: dict[str, str] = {
     "embed_batch": "images per batch of an embedding detector (default: 64)",
     "embed_device": "device of an embedding detector: auto (CUDA when available), cpu, cuda, "
     "cuda:N (default: auto)",
+    "zeroshot_batch": "images per batch of --checkpoint zero-shot predictions (default: 256, "
+    "as training.run)",
+    "zeroshot_device": "device of the --checkpoint model: auto (CUDA when available), cpu, "
+    "cuda, cuda:N (default: auto)",
     "precision": "target precision of the calibrated threshold (default: 0.99)",
     "threshold": "similarity threshold (1 = identical codes) instead of calibrating one",
     "top_k": "nearest training images kept per eval item (default: 5)",

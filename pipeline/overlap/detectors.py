@@ -12,15 +12,15 @@ Embedding detectors give L2-normalized float vectors compared by inner product (
   are resized (short side ``embed_size``, then centre crop; or ``embed_resize = squash``:
   straight to ``embed_size`` x ``embed_size``, as SSCD's 320x320 descriptors).
 - ``embedding:open_clip:CONFIG_JSON:CHECKPOINT``: the image tower of an open_clip model
-  built offline from a model-config JSON (registered under its file stem) and a checkpoint
-  (``torch.save({'model': state_dict})``, ``{'state_dict': ...}`` or a plain state dict,
-  read with ``weights_only=True``), with open_clip's own eval preprocessing. Nothing is
-  ever downloaded.
+  built offline from a model-config JSON and a checkpoint (``torch.save({'model':
+  state_dict})``, ``{'state_dict': ...}`` or a plain state dict, read with
+  ``weights_only=True``), with open_clip's own eval preprocessing (``clip_models``, shared
+  with ``--checkpoint`` zero-shot predictions). Nothing is ever downloaded.
 
 Both run batches of ``embed_batch`` images on ``embed_device`` (``auto``: CUDA when
-available). torch and open_clip are imported only here, and only when such a detector is
-made. A detector pickles without its model (Spark tasks, worker processes) and reloads it
-from its files on first use.
+available). torch and open_clip are imported only when such a detector is made. A
+detector pickles without its model (Spark tasks, worker processes) and reloads it from its
+files on first use.
 """
 
 from __future__ import annotations
@@ -155,17 +155,12 @@ class EmbeddingDetector:
 
     # -- loading -------------------------------------------------------------------------
     def _device(self) -> Any:
-        import torch
+        from pipeline.overlap.clip_models import OpenClipError, resolve_device
 
-        if self.device_name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
-            dev = torch.device(self.device_name)
-        except RuntimeError as e:
-            raise DetectorError(f"embed_device {self.device_name!r}: {e}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise DetectorError(f"embed_device {self.device_name}: CUDA is not available here")
-        return dev
+            return resolve_device(self.device_name, "embed_device")
+        except OpenClipError as e:
+            raise DetectorError(str(e)) from None
 
     def _build(self, device: Any) -> tuple[Any, Callable[[Image.Image], Any], int]:
         raise NotImplementedError
@@ -322,66 +317,21 @@ class OpenClipDetector(EmbeddingDetector):
         return f"open_clip({self.config_json.stem}, {self.checkpoint.name})"
 
     def _build(self, device: Any) -> tuple[Any, Callable[[Image.Image], Any], int]:
-        import json
-
-        import torch
+        from pipeline.overlap import clip_models as cm
 
         for what, p in (("model config", self.config_json), ("checkpoint", self.checkpoint)):
             if not p.is_file():
                 raise DetectorError(f"detector {self.source}: {what}: no such file {p}")
+        label = f"model config {self.config_json}"
         try:
-            import open_clip
-        except ImportError:
-            raise DetectorError(
-                f"detector {self.source}: needs open_clip_torch, which is not installed"
-            ) from None
-        try:
-            cfg = json.loads(self.config_json.read_text())
-            if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "embed_dim" not in cfg:
-                raise ValueError("needs embed_dim and vision_cfg")
-        except (ValueError, OSError) as e:
-            raise DetectorError(
-                f"detector {self.source}: model config {self.config_json}: not an open_clip "
-                f"model config: {e}"
-            ) from None
-        open_clip.add_model_config(self.config_json)
-        name = self.config_json.stem
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=None, device=device
-            )
-        except Exception as e:  # an invalid config: open_clip raises many kinds
-            raise DetectorError(
-                f"detector {self.source}: model config {self.config_json}: {type(e).__name__}: {e}"
-            ) from None
-        try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:  # not a torch file, or one holding more than tensors
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DetectorError(
-                f"detector {self.source}: checkpoint {self.checkpoint}: cannot read it "
-                f"(torch.load, weights_only=True): {msg}"
-            ) from None
-        if isinstance(state, dict):
-            for key in ("model", "state_dict"):
-                if isinstance(state.get(key), dict):
-                    state = state[key]
-                    break
-        if not isinstance(state, dict):
-            raise DetectorError(
-                f"detector {self.source}: checkpoint {self.checkpoint}: no state dict in it"
-            )
-        state = {
-            (k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()
-        }
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            msg = " ".join(str(e).split())[:300]
-            raise DetectorError(
-                f"detector {self.source}: checkpoint {self.checkpoint} does not fit the model "
-                f"config {self.config_json}: {msg}"
-            ) from None
+            cfg = cm.read_config(self.config_json)
+            model, preprocess, _ = cm.create(cfg, label, device)
+            state = cm.state_dict_of(cm.read_checkpoint(self.checkpoint))
+            if state is None:
+                raise cm.OpenClipError(f"checkpoint {self.checkpoint}: no state dict in it")
+            cm.load_weights(model, state, self.checkpoint, label)
+        except cm.OpenClipError as e:
+            raise DetectorError(f"detector {self.source}: {e}") from None
         visual = model.visual.to(device)
         size = visual.image_size
         size = size[0] if isinstance(size, (tuple, list)) else int(size)

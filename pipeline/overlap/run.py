@@ -28,7 +28,7 @@ from pipeline.overlap.calibrate import Calibration, CalibrationError, calibrate
 from pipeline.overlap.config import OverlapConfig
 from pipeline.overlap.detectors import Detector, embed_many, make_detector
 from pipeline.overlap.evalsets import EvalSet, EvalSetError, EvalSpec, load_eval_set
-from pipeline.overlap.predictions import read_predictions
+from pipeline.overlap.predictions import PredictionsError, read_predictions
 from pipeline.overlap.search import (
     EMPTY_REF,
     EvalIndex,
@@ -38,6 +38,14 @@ from pipeline.overlap.search import (
     search_local,
 )
 from pipeline.overlap.stats import SplitCounts, bonferroni, split_statistics
+from pipeline.overlap.templates import read_templates
+from pipeline.overlap.zeroshot import (
+    CheckpointModel,
+    EvalSetPredictions,
+    load_checkpoint_model,
+    predict_eval_set,
+    write_predictions,
+)
 from pipeline.shards.reader import find_shards, iter_shard
 from pipeline.stats.counters import Counters
 
@@ -51,6 +59,10 @@ class OverlapJob:
     eval_root: Path | None = None  # holds one folder per eval set
     eval_roots: Mapping[str, Path] = field(default_factory=dict)  # NAME -> its folder
     predictions: Mapping[str, Path] = field(default_factory=dict)  # eval set name -> file
+    # Or zero-shot predictions of a training checkpoint on every eval set:
+    checkpoint: Path | None = None
+    model_config: Path | None = None  # open_clip model-config JSON; else the checkpoint's own
+    templates: Path | None = None  # one prompt template per line; else the built-in ones
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,9 @@ class Prepared:
     predictions: dict[str, np.ndarray]
     shards: TrainShards
     detector: Detector
+    zeroshot: CheckpointModel | None = None
+    templates: tuple[str, ...] | None = None  # the --templates file's, for every set
+    zeroshot_results: dict[str, EvalSetPredictions] = field(default_factory=dict)
 
 
 def prepare(job: OverlapJob) -> Prepared:
@@ -100,6 +115,18 @@ def prepare(job: OverlapJob) -> Prepared:
                     f"eval set {s.name}: {len(s)} item(s), too few to calibrate a threshold; "
                     "give --threshold"
                 )
+    if job.checkpoint is not None and job.predictions:
+        raise PredictionsError("give --predictions or --checkpoint, not both")
+    if job.checkpoint is None and (job.model_config is not None or job.templates is not None):
+        raise PredictionsError("--model-config and --templates need --checkpoint FILE")
+    templates = None
+    if job.checkpoint is not None:
+        for s in eval_sets:
+            if not s.has_labels:
+                raise PredictionsError(
+                    f"--checkpoint: eval set {s.name} has no labels, so accuracy cannot be measured"
+                )
+        templates = read_templates(job.templates) if job.templates is not None else None
     unknown = sorted(set(job.predictions) - set(names))
     if unknown:
         raise EvalSetError(
@@ -117,7 +144,57 @@ def prepare(job: OverlapJob) -> Prepared:
         paths += found
         sources += [str(t)] * len(found)
     detector = make_detector(job.config)
-    return Prepared(eval_sets, predictions, TrainShards(tuple(paths), tuple(sources)), detector)
+    zeroshot = None
+    if job.checkpoint is not None:
+        zeroshot = load_checkpoint_model(
+            job.checkpoint, job.model_config, job.config.zeroshot_device
+        )
+    return Prepared(
+        eval_sets,
+        predictions,
+        TrainShards(tuple(paths), tuple(sources)),
+        detector,
+        zeroshot,
+        templates,
+    )
+
+
+def zeroshot_predictions(
+    prep: Prepared, batch_size: int, log: Callable[[str], None]
+) -> dict[str, EvalSetPredictions]:
+    """The checkpoint's zero-shot predictions on every eval set, as ``training.run
+    --zeroshot`` computes them; they stand in for ``--predictions`` files."""
+    zs = prep.zeroshot
+    assert zs is not None
+    results: dict[str, EvalSetPredictions] = {}
+    for s in prep.eval_sets:
+        t0 = time.perf_counter()
+        marks = {max(1, len(s) * q // 10) for q in range(1, 11)}
+
+        def progress(
+            done: int, total: int, name: str = s.name, t0: float = t0, marks: set = marks
+        ) -> None:
+            if done in marks or done == total:
+                log(
+                    f"{name}: zero-shot {done:,}/{total:,} items ({time.perf_counter() - t0:.0f} s)"
+                )
+
+        r = predict_eval_set(
+            zs.model,
+            zs.preprocess,
+            zs.tokenizer,
+            s,
+            prep.templates,
+            zs.device,
+            batch_size,
+            progress,
+        )
+        results[s.name] = r
+        log(
+            f"{s.name}: zero-shot top-1 {100 * r.metrics['top1']:.2f}%, top-5 "
+            f"{100 * r.metrics['top5']:.2f}% ({r.metrics['templates']} templates)"
+        )
+    return results
 
 
 def embed_eval_set(eval_set: EvalSet, detector: Detector) -> tuple[np.ndarray, np.ndarray]:
@@ -194,6 +271,15 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
         f"{len(prep.shards.paths)} training shard(s); detector {detector.describe()}"
     )
     seconds["prepare"] = time.perf_counter() - t
+
+    if prep.zeroshot is not None:
+        t = time.perf_counter()
+        log(f"zero-shot predictions of {prep.zeroshot.describe()}")
+        prep.zeroshot_results = zeroshot_predictions(prep, cfg.zeroshot_batch, log)
+        for name, r in prep.zeroshot_results.items():
+            prep.predictions[name] = r.predictions
+        prep.zeroshot.release()  # free its memory (GPU) for the detector
+        seconds["zeroshot"] = time.perf_counter() - t
 
     t = time.perf_counter()
     codes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -275,7 +361,11 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
                     "root": str(s.root),
                     "items": len(s),
                     "undecodable": int((~codes[s.name][1]).sum()),
-                    "predictions": str(job.predictions.get(s.name, "")) or None,
+                    "predictions": (
+                        str(out / s.name / "predictions.parquet")
+                        if s.name in prep.zeroshot_results
+                        else str(job.predictions.get(s.name, "")) or None
+                    ),
                 }
                 for s in prep.eval_sets
             },
@@ -283,6 +373,7 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
             "shards": len(prep.shards.paths),
             "training_images": result.counters.to_dict(),
             "detector": detector.describe(),
+            "zeroshot": _zeroshot_run_info(job, prep),
             "config": _jsonable(asdict(cfg)),
             "bonferroni": bonf,
             "calibration": {
@@ -304,6 +395,37 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
     )
     log(f"report: {out / 'report.md'}")
     return OverlapReport(out, per_set, bonf, calibrations, result.counters.to_dict(), seconds)
+
+
+def _zeroshot_run_info(job: OverlapJob, prep: Prepared) -> dict[str, Any] | None:
+    zs = prep.zeroshot
+    if zs is None:
+        return None
+    return {
+        "checkpoint": str(zs.checkpoint),
+        "model": zs.describe(),
+        "model_config": zs.config_source,
+        "step": zs.step,
+        "device": str(zs.device),
+        "templates": str(job.templates) if job.templates is not None else "built-in",
+    }
+
+
+def _zeroshot_entry(prep: Prepared, name: str) -> dict[str, Any]:
+    """What report.json records per set about the model behind its accuracies."""
+    zs, r = prep.zeroshot, prep.zeroshot_results[name]
+    assert zs is not None
+    return {
+        "checkpoint": str(zs.checkpoint),
+        "model": zs.describe(),
+        "model_config": zs.config_source,
+        "step": zs.step,
+        "templates": r.metrics["templates"],
+        "top1": r.metrics["top1"],
+        "top5": r.metrics["top5"],
+        "undecodable": r.metrics["undecodable"],
+        "predictions": f"{name}/predictions.parquet",
+    }
 
 
 def _jsonable(d: Mapping[str, object]) -> dict[str, object]:
@@ -333,9 +455,29 @@ def _notes(
             notes.append(
                 f"{s.name}: {bad:,} eval image(s) could not be decoded; they count as Clean."
             )
+    if prep.zeroshot is not None:
+        zs = prep.zeroshot
+        templates = (
+            f"{len(prep.templates)} templates from --templates"
+            if prep.templates
+            else "the built-in templates of each set"
+        )
+        notes.append(
+            f"Accuracies: zero-shot predictions of {zs.describe()} (checkpoint {zs.checkpoint}, "
+            f"model config {zs.config_source}) with {templates}; top-1/top-5 in report.json, "
+            "per item in `<eval>/predictions.parquet`."
+        )
+        for s in prep.eval_sets:
+            bad = prep.zeroshot_results[s.name].metrics["undecodable"]
+            if bad:
+                notes.append(
+                    f"{s.name}: {bad:,} eval image(s) could not be decoded for zero-shot "
+                    "classification; they count as wrong."
+                )
     if any(s.name not in prep.predictions for s in prep.eval_sets):
         notes.append(
-            "Accuracies need --predictions NAME:FILE; sets without one report overlap only."
+            "Accuracies need --predictions NAME:FILE or --checkpoint FILE; sets without "
+            "predictions report overlap only."
         )
     return notes
 
@@ -382,6 +524,9 @@ def _write_eval_set(
         **_key_columns(top_refs[:, 0], result, prep.shards),
     }
     correct = None
+    if s.name in prep.zeroshot_results:
+        r = prep.zeroshot_results[s.name]
+        write_predictions(folder / "predictions.parquet", s.ids, r.predictions, r.top5)
     if s.name in prep.predictions:
         pred = prep.predictions[s.name]
         correct = pred == s.labels
@@ -404,7 +549,10 @@ def _write_eval_set(
     if cal is not None:
         _write_calibration(s, cal, folder)
     counts = SplitCounts.from_arrays(overlap, correct)
-    return split_statistics(counts, threshold, prep.detector.describe(), cfg.confidence)
+    stats = split_statistics(counts, threshold, prep.detector.describe(), cfg.confidence)
+    if s.name in prep.zeroshot_results:
+        stats["zeroshot"] = _zeroshot_entry(prep, s.name)
+    return stats
 
 
 def _write_calibration(s: EvalSet, cal: Calibration, folder: Path) -> None:

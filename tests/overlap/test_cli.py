@@ -50,7 +50,8 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture) -> None:
     code, out, _ = _run(["--help"], capsys)
     assert code == 0
     for flag in ("--eval", "--eval-root", "--train", "--out", "--detector", "--precision", "--threshold",
-                 "--predictions", "--checkpoint", "--spark", "--top-k", "--config"):  # fmt: skip
+                 "--predictions", "--checkpoint", "--model-config", "--templates",
+                 "--zeroshot-batch", "--zeroshot-device", "--spark", "--top-k", "--config"):  # fmt: skip
         assert flag in out
 
 
@@ -106,9 +107,24 @@ CASES: list[tuple[str, list[str], str]] = [
         r"no shards found: expected .*/shards/\*\.tar \(wit-builder download\) or .*/\*\.tar \(img2dataset output\)",
     ),
     (
-        "checkpoint",
+        "checkpoint missing",
         ["--eval", "cifar10:{tmp}/c", "--checkpoint", "{tmp}/m.pt"],
-        r"--checkpoint: not available yet: .*training stage .*torch",
+        r"--checkpoint .*/m\.pt: no such file$",
+    ),
+    (
+        "checkpoint and predictions",
+        ["--eval", "cifar10:{tmp}/c", "--checkpoint", "{tmp}/m.pt", "--predictions", "{tmp}/p.csv"],
+        r"give --predictions FILE or --checkpoint FILE, not both",
+    ),
+    (
+        "model config without checkpoint",
+        ["--eval", "cifar10:{tmp}/c", "--model-config", "{tmp}/tiny.json"],
+        r"--model-config and --templates need --checkpoint FILE",
+    ),
+    (
+        "templates without checkpoint",
+        ["--eval", "cifar10:{tmp}/c", "--templates", "{tmp}/t.txt"],
+        r"--model-config and --templates need --checkpoint FILE",
     ),
     (
         "embedding detector",

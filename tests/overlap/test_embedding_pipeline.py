@@ -18,9 +18,9 @@ pytest.importorskip("torch")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 
 
-def _job(root: Path, train: Path, out: Path, scripted: Path, **kw: object) -> OverlapJob:
+def _job(root: Path, train: Path, out: Path, model: Path, **kw: object) -> OverlapJob:
     config = OverlapConfig(
-        detector=f"torchscript:{scripted}",
+        detector=f"torchscript:{model}",
         embed_size=32,
         embed_batch=16,
         calibration_items=20,

@@ -7,14 +7,17 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.overlap.__main__ import main as overlap_main
 from pipeline.overlap.evalsets import load_eval_set, parse_eval_spec
 from pipeline.overlap.predictions import read_predictions
 from tests.training.shardgen import COLOURS, make_image, write_shards
 from training import evaluate, run
+from training.models import CONFIG_DIR
 from training.templates import IMAGENET_TEMPLATES, read_templates, templates_for
 
 COMMON = ["--model", "tiny", "--batch-size", "32", "--threads", "1", "--shuffle-buffer", "200"]
@@ -71,6 +74,31 @@ def test_zeroshot_after_training_beats_chance_and_predictions_round_trip(
     # --eval-every 60: one row mid-run and one at the end.
     rows = [json.loads(line) for line in (out / "zeroshot.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [60, 120]
+
+
+def test_overlap_checkpoint_predictions_equal_training_zeroshot(
+    trained: tuple[Path, Path, Path, Path], tmp_path: Path
+) -> None:
+    """pipeline.overlap --checkpoint computes what training.run --zeroshot wrote, for the
+    same checkpoint, eval set and templates: one implementation."""
+    out, folder, templates, _ = trained
+    report_dir = tmp_path / "report"
+    argv = ["--eval", f"imagefolder:{folder}", "--train", str(out.parent / "data")]
+    argv += ["--out", str(report_dir), "--threshold", "0.9", "--contact-pairs", "0"]
+    argv += ["--processes", "1", "--checkpoint", str(out / "checkpoints" / "step_00000120.pt")]
+    argv += ["--model-config", str(CONFIG_DIR / "tiny.json"), "--templates", str(templates)]
+    assert overlap_main(argv) == 0
+    eval_set = load_eval_set(parse_eval_spec(f"imagefolder:{folder}"))
+    ours = read_predictions(report_dir / "imagefolder" / "predictions.parquet", eval_set)
+    theirs = read_predictions(out / "predictions" / "imagefolder.csv", eval_set)
+    np.testing.assert_array_equal(ours, theirs)
+    report = json.loads((report_dir / "report.json").read_text())["imagefolder"]
+    zs = json.loads((out / "zeroshot.json").read_text())["zeroshot"]["imagefolder"]
+    assert report["acc_all"] == pytest.approx(float((ours == eval_set.labels).mean()))
+    assert report["zeroshot"]["top1"] == pytest.approx(zs["top1"])
+    assert report["zeroshot"]["top5"] == pytest.approx(zs["top5"])
+    assert report["zeroshot"]["templates"] == zs["templates"] == 2
+    assert report["zeroshot"]["step"] == 120
 
 
 def test_retrieval_recall_logged_and_monotone(trained: tuple[Path, Path, Path, Path]) -> None:
