@@ -1,19 +1,24 @@
 """Training data: a stream of (image, caption) batches over tar shards.
 
 Shards (ours or img2dataset's, by folder or brace pattern) are split across ranks and
-DataLoader workers; each worker reads only its own shards, so no sample is read twice and
-none is skipped. Problems that would otherwise hang a run (too few shards for ranks x
-workers, nothing usable to train on) fail before any worker starts.
+DataLoader workers; each worker reads only its own shards, so no sample is read twice in
+an epoch. Each epoch deals the shards anew (seeded by seed and epoch). With ``resample``
+every worker instead draws shards from the whole list with replacement (open_clip's
+``--dataset-resampled``), so a few shards can feed many readers. Problems that would
+otherwise hang a run (too few shards for ranks x workers, nothing usable to train on)
+fail before any worker starts.
 
 Batches are formed inside the workers (the DataLoader runs with ``batch_size=None``), so
-global batch ``b`` always comes from worker ``b % workers``. That makes the data position
-a single number: a resumed run tells each worker how many of its batches to skip, and the
-skip reads tar bytes without decoding any image.
+global batch ``b`` always comes from reader ``b % workers`` (the shards and shuffle of
+one worker slot) and belongs to epoch ``b // batches_per_epoch``. That makes the data
+position a single number: a resumed run tells each worker which reader it plays and where
+to start, and the skip inside the epoch reads tar bytes without decoding any image.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import re
@@ -115,27 +120,44 @@ class DataPlan:
     rank: int
     world_size: int
     workers: int
+    resample: bool = False  # draw shards with replacement instead of splitting them
 
-    def shards_for(self, worker: int) -> tuple[Path, ...]:
-        slots = self.world_size * max(1, self.workers)
+    @property
+    def readers(self) -> int:
+        return self.world_size * max(1, self.workers)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        """Steps in one pass over the data: samples // global batch (the last partial one
+        is dropped). Zero when the data holds less than one global batch."""
+        return self.samples // (batch_size * self.world_size)
+
+    def shards_for(self, worker: int, epoch: int = 0, seed: int = 0) -> tuple[Path, ...]:
+        """This rank's worker's shards in ``epoch``. The whole list is permuted by (seed,
+        epoch) first, identically on every rank, so the readers stay disjoint while each
+        epoch deals them different shards."""
+        order = list(self.shards)
+        random.Random(hash((seed, epoch))).shuffle(order)
         slot = self.rank * max(1, self.workers) + worker
-        return self.shards[slot::slots]
+        return tuple(order[slot :: self.readers])
 
 
-def plan_data(spec: str, rank: int = 0, world_size: int = 1, workers: int = 0) -> DataPlan:
+def plan_data(
+    spec: str, rank: int = 0, world_size: int = 1, workers: int = 0, resample: bool = False
+) -> DataPlan:
     shards = resolve_shards(spec)
     slots = world_size * max(1, workers)
-    if len(shards) < slots:
+    if len(shards) < slots and not resample:
         raise TrainDataError(
             f"--train-data {spec}: {len(shards)} shard(s) for {world_size} rank(s) x "
             f"{max(1, workers)} worker(s) = {slots} readers; every reader needs at least one "
-            f"shard: lower --workers to {max(0, len(shards) // world_size)} or write more shards"
+            f"shard: lower --workers to {max(0, len(shards) // world_size)}, write more shards, "
+            "or pass --resample"
         )
     counts = [count_samples(s) for s in shards]
     total = sum(counts)
     if total == 0:
         raise TrainDataError(f"--train-data {spec}: {len(shards)} shard(s) but zero usable samples")
-    return DataPlan(tuple(shards), total, rank, world_size, workers)
+    return DataPlan(tuple(shards), total, rank, world_size, workers, resample)
 
 
 def decode_image(sample: TrainSample) -> Any:
@@ -147,7 +169,14 @@ def decode_image(sample: TrainSample) -> Any:
 
 
 class ShardStream(IterableDataset):
-    """An endless stream of batches for one rank: an ``IterableDataset`` for DataLoader."""
+    """An endless stream of batches for one rank: an ``IterableDataset`` for DataLoader.
+
+    Epochs are global: ``epoch_batches`` steps (default: the plan's samples // global
+    batch) make one epoch, and each worker yields its round-robin share of them from that
+    epoch's pass over its shards, then starts the next epoch reshuffled. A worker whose
+    shards run out before its share (uneven shards, excluded keys) starts another pass
+    within the epoch; what is left of a pass when the share is met is dropped.
+    """
 
     def __init__(
         self,
@@ -159,6 +188,7 @@ class ShardStream(IterableDataset):
         shuffle_buffer: int = 1000,
         exclude: frozenset[str] = frozenset(),
         start_batch: int = 0,
+        epoch_batches: int | None = None,
     ) -> None:
         super().__init__()
         self.plan = plan
@@ -169,82 +199,101 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.exclude = exclude
         self.start_batch = start_batch
+        per_epoch = (
+            epoch_batches if epoch_batches is not None else plan.batches_per_epoch(batch_size)
+        )
+        self.epoch_batches = max(1, per_epoch)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import torch
         from torch.utils.data import get_worker_info
 
         info = get_worker_info()
-        worker = info.id if info is not None else 0
         n_workers = max(1, self.plan.workers)
-        # Global batch b comes from worker b % n_workers (DataLoader's round robin).
-        first = self.start_batch
-        skip = len(range(worker, first, n_workers)) if first > worker else 0
-        index = worker + skip * n_workers  # this worker's next global batch index
+        per_epoch = self.epoch_batches
+        # Global batch b is read by reader b % n_workers and belongs to epoch
+        # b // per_epoch: the batch index alone fixes the data. DataLoader asks its
+        # workers in turn from worker 0, so after a resume at batch s worker w plays
+        # reader (s + w) % n_workers: it yields b = s + w, s + w + n_workers, ...
+        worker = ((info.id if info is not None else 0) + self.start_batch) % n_workers
+        first = self.start_batch + (info.id if info is not None else 0)
+        epoch = first // per_epoch
         stats = Counters()
-        batch: list[TrainSample] = []
-        for sample in self._samples(worker, stats):
-            batch.append(sample)
-            if len(batch) < self.batch_size:
-                continue
-            if skip > 0:
-                skip -= 1
-                batch = []
-                continue
-            images, keys, captions = [], [], []
-            # Augmentation drawn from (seed, rank, batch): identical after a resume.
-            torch.manual_seed(hash((self.seed, self.plan.rank, index)) & 0x7FFFFFFF)
-            for s in batch:
-                try:
-                    images.append(self.transform(decode_image(s)))
-                except Exception:  # PIL raises many types; each is one corrupt sample
-                    stats.add("corrupt_image")
-                    continue
-                keys.append(s.key)
-                captions.append(s.caption)
-            batch = []
-            if not images:
-                continue
-            yield {
-                "images": torch.stack(images),
-                "texts": self.tokenize(captions),
-                "keys": keys,
-                "batch": index,
-                "worker": worker,
-                "stats": stats.to_dict(),
-            }
-            index += n_workers
-
-    def _samples(self, worker: int, stats: Counters) -> Iterator[TrainSample]:
-        shards = list(self.plan.shards_for(worker))
-        epoch = 0
         while True:
-            rng = random.Random(hash((self.seed, self.plan.rank, worker, epoch)))
-            order = shards[:]
-            rng.shuffle(order)
-            yielded = 0
+            lo = epoch * per_epoch
+            mine = range(lo + (worker - lo) % n_workers, lo + per_epoch, n_workers)
+            samples = self._samples(worker, epoch, stats)
+            for index in mine:
+                batch = list(itertools.islice(samples, self.batch_size))
+                if index < first:
+                    continue  # before the resume point: tar bytes read, no image decoded
+                images, keys, captions = [], [], []
+                # Augmentation drawn from (seed, rank, batch): identical after a resume.
+                torch.manual_seed(hash((self.seed, self.plan.rank, index)) & 0x7FFFFFFF)
+                for s in batch:
+                    try:
+                        images.append(self.transform(decode_image(s)))
+                    except Exception:  # PIL raises many types; each is one corrupt sample
+                        stats.add("corrupt_image")
+                        continue
+                    keys.append(s.key)
+                    captions.append(s.caption)
+                if not images:
+                    continue
+                yield {
+                    "images": torch.stack(images),
+                    "texts": self.tokenize(captions),
+                    "keys": keys,
+                    "batch": index,
+                    "epoch": epoch,
+                    "worker": worker,
+                    "stats": stats.to_dict(),
+                }
+            samples.close()
+            epoch += 1
+
+    def _passes(self, worker: int, epoch: int, rng: random.Random) -> Iterator[list[Path]]:
+        """Endless lists of shards to read in turn; the shuffle buffer drains after each."""
+        if not self.plan.resample:
+            shards = list(self.plan.shards_for(worker, epoch, self.seed))
+            while True:
+                rng.shuffle(shards)
+                yield shards[:]
+        # Resampled (open_clip's --dataset-resampled): every reader draws from all shards
+        # with replacement, so there need not be a shard per reader.
+        while True:
+            yield [rng.choice(self.plan.shards) for _ in self.plan.shards]
+
+    def _samples(self, worker: int, epoch: int, stats: Counters) -> Iterator[TrainSample]:
+        """This worker's samples in one epoch, endless; the caller takes its share."""
+        rng = random.Random(hash((self.seed, self.plan.rank, worker, epoch)))
+        barren: set[Path] = set()  # shards read with nothing usable in them, this epoch
+        for shards in self._passes(worker, epoch, rng):
+            read = 0
             buffer: list[TrainSample] = []
-            for shard in order:
+            for shard in shards:
+                before = read
                 for sample in iter_shard(shard, stats):
                     if sample.key in self.exclude:
                         stats.add("excluded")
                         continue
+                    read += 1
                     if len(buffer) < self.shuffle_buffer:
                         buffer.append(sample)
                         continue
                     # Reservoir-style buffer: emit a random held sample, keep the new one.
                     j = rng.randrange(len(buffer))
                     buffer[j], sample = sample, buffer[j]
-                    yielded += 1
                     yield sample
+                if read == before:
+                    barren.add(shard)
             rng.shuffle(buffer)
-            yielded += len(buffer)
             yield from buffer
-            if yielded == 0:
+            candidates = set(self.plan.shards) if self.plan.resample else set(shards)
+            if read == 0 and barren >= candidates:
                 # An endless loop over nothing would hang the run; say which shards.
                 raise TrainDataError(
                     f"worker {worker} of rank {self.plan.rank}: zero usable samples in "
-                    f"{len(shards)} shard(s) ({', '.join(str(s) for s in shards[:3])}...) "
+                    f"{len(candidates)} shard(s) ({', '.join(str(s) for s in shards[:3])}...) "
                     f"after exclusion and damage: {stats.to_dict()}"
                 )
-            epoch += 1

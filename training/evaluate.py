@@ -124,10 +124,10 @@ def recall_at_k(
     """Recall@K both ways for aligned, normalized features (pair i is image i, text i).
 
     Rows of the similarity matrix are computed ``chunk`` at a time: memory is
-    ``chunk * N``, never ``N * N``. Exact ties (duplicate captions give identical text
-    features) are broken at random in expectation: a query whose match has ``g`` keys
-    strictly above it and ``t`` other keys tied with it scores ``clip((K - g) / (t + 1))``,
-    so duplicates neither all win nor all lose, and a constant model scores ``K / N``.
+    ``chunk * N``, never ``N * N``. Ties (duplicate captions give identical text features;
+    scores within a few float32 ulps) are broken at random in expectation: a query whose
+    match has ``g`` keys strictly above it and ``t`` other keys tied with it scores
+    ``clip((K - g) / (t + 1))``, so duplicates neither all win nor all lose, and a constant model scores ``K / N``.
     """
     import torch
 
@@ -143,8 +143,12 @@ def recall_at_k(
             sims = queries[i : i + chunk] @ keys.T
             rows = torch.arange(i, min(i + chunk, n))
             true = sims[torch.arange(len(rows)), rows][:, None]
-            above[rows] = (sims > true).sum(dim=1).double()
-            ties[rows] = (sims == true).sum(dim=1).double() - 1
+            # Equal features can give dot products a few ulps apart: BLAS kernels sum
+            # edge rows in another order (seen with torch 2.11's CPU GEMM), so a tie is
+            # "within a few float32 ulps", not bitwise equality.
+            tol = 16 * torch.finfo(sims.dtype).eps
+            above[rows] = (sims > true + tol).sum(dim=1).double()
+            ties[rows] = ((sims - true).abs() <= tol).sum(dim=1).double() - 1
         for k in ks:
             hit = ((k - above) / (ties + 1)).clamp(0, 1)
             out[f"{direction}_R@{k}"] = float(hit.mean())

@@ -1,5 +1,6 @@
 """make gpu-check: train ViT-B-32 for a few hundred steps on one GPU from synthetic shards,
-then print samples/s and peak GPU memory (and write them to gpu_check.json).
+then print samples/s, peak GPU memory, and the median data and step times (and write them
+to gpu_check.json): a data time near the step time means the loader is the bottleneck.
 
 The shards are generated here (photo-like images with captions, the synthweb's
 generator), so the check needs no data and no network.
@@ -9,11 +10,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+# Above this share of the step spent waiting for a batch, the GPU is starved by the loader.
+LOADER_BOUND_SHARE = 0.1
+
+
+def summarize(metrics: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """Medians over the steady steps (warmup, compilation and worker start-up left out)."""
+    steady = [m for m in metrics if m["step"] > min(50, steps // 4) and m.get("loss") is not None]
+    steady = steady or metrics
+    data_time = statistics.median(m["data_time"] for m in steady)
+    step_time = statistics.median(m["step_time"] for m in steady)
+    share = data_time / step_time if step_time > 0 else 0.0
+    return {
+        "median_samples_per_s": statistics.median(m["samples_per_s"] for m in steady),
+        "median_step_time_s": step_time,
+        "median_data_time_s": data_time,
+        "data_time_share": share,
+        "loader_bound": share > LOADER_BOUND_SHARE,
+        "steady_steps": len(steady),
+    }
 
 
 def make_shards(root: Path, n_shards: int, per_shard: int, size: int) -> None:
@@ -60,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--precision", default="bf16")
-    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "amp"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
+    p.add_argument("--workers", type=int, default=8, help="DataLoader worker processes")
     p.add_argument("--shards", type=int, default=16)
     p.add_argument("--per-shard", type=int, default=1024)
     p.add_argument("--image-size", type=int, default=256)
@@ -84,13 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.run import main as train
 
     run_dir = work / "run"
+    # A fresh run folder: metrics.jsonl appends, and a stale one would mix two checks.
+    shutil.rmtree(run_dir, ignore_errors=True)
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    code = train([
+    argv = [
         "--train-data", str(work / "data"), "--output", str(run_dir), "--model", args.model,
         "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--precision", args.precision,
         "--workers", str(args.workers), "--save-every", str(args.steps), "--warmup", "20",
-    ])  # fmt: skip
+    ]  # fmt: skip
+    if args.compile:
+        argv.append("--compile")
+    code = train(argv)
     wall = time.perf_counter() - t0
     if code:
         return code
@@ -99,24 +128,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in (run_dir / "metrics.jsonl").read_text().splitlines()
         if line.strip()
     ]
-    steady = [m for m in metrics if m.get("step", 0) > min(50, args.steps // 4)]
-    rate_key = next(
-        k for k in ("samples_per_s", "samples/s", "samples_per_second") if k in metrics[-1]
-    )
     result = {
         "gpu": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "model": args.model,
         "batch_size": args.batch_size,
         "precision": args.precision,
+        "compile": args.compile,
+        "workers": args.workers,
         "steps": args.steps,
-        "median_samples_per_s": statistics.median(m[rate_key] for m in steady),
+        **summarize(metrics, args.steps),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
         "wall_s": wall,
         "first_loss": metrics[0].get("loss"),
         "last_loss": metrics[-1].get("loss"),
     }
     print(json.dumps(result, indent=2))
+    verdict = "IS" if result["loader_bound"] else "is not"
+    print(
+        f"median step {result['median_step_time_s'] * 1000:.1f} ms, of which waiting for data "
+        f"{result['median_data_time_s'] * 1000:.1f} ms ({result['data_time_share']:.0%}): "
+        f"the loader {verdict} the bottleneck at --workers {args.workers}; "
+        f"{result['median_samples_per_s']:.0f} samples/s"
+    )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "gpu_check.json").write_text(json.dumps(result, indent=2))

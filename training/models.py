@@ -39,8 +39,15 @@ def load_config(name: str) -> dict[str, Any]:
     return cfg
 
 
-def build(name: str, precision: str = "fp32") -> tuple[Any, Any, Any, Any]:
-    """(model, train preprocess, eval preprocess, tokenizer) for one of our configs."""
+def build(
+    name: str, precision: str = "fp32", grad_checkpointing: bool = False
+) -> tuple[Any, Any, Any, Any]:
+    """(model, train preprocess, eval preprocess, tokenizer) for one of our configs.
+
+    Weights are fp32 for every precision we train with: bf16 and amp are autocast around
+    fp32 master weights. ``grad_checkpointing`` recomputes each transformer block's
+    activations in the backward pass: less memory for the same gradients.
+    """
     import open_clip
 
     load_config(name)  # validates before open_clip sees it
@@ -49,8 +56,12 @@ def build(name: str, precision: str = "fp32") -> tuple[Any, Any, Any, Any]:
     model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
         name,
         pretrained=None,
-        precision="fp32" if precision == "bf16" else precision,
+        precision="fp32" if precision in ("bf16", "amp") else precision,
         output_dict=True,
     )
+    if grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ModelConfigError(f"--model {name}: --grad-checkpointing is not supported")
+        model.set_grad_checkpointing(True)
     tokenizer = open_clip.get_tokenizer(name)
     return model, preprocess_train, preprocess_val, tokenizer

@@ -1,9 +1,10 @@
 """python -m training.run: train a contrastive dual encoder (open_clip) on our shards.
 
 The loop is ours so that it fixes what open_clip's trainer users hit: the sample count
-comes from the shards, bad data fails before workers start, checkpoints are atomic and
-hold the RNG states and data position (a resumed run continues mid-epoch), and a
-non-finite loss stops with the step and batch named.
+comes from the shards (so --epochs needs no sample count), bad data fails before workers
+start, checkpoints are atomic and hold the RNG states, the AMP scaler and the data
+position (a resumed run continues mid-epoch), and a non-finite loss stops with the step
+and batch named, or with --on-nan skip drops that update.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from pipeline.overlap.evalsets import EvalSetError
 from training.data import ShardStream, TrainDataError, load_exclusions, plan_data
 from training.evaluate import Evaluator
-from training.models import ModelConfigError, available_models, build
+from training.models import ModelConfigError, available_models, build, load_config
 from training.templates import TemplatesError
 
 
@@ -29,10 +30,13 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf; the message names the step and batch."""
 
 
+class TrainOptionError(ValueError):
+    """An option this machine cannot honour: a missing package or compiler backend."""
+
+
 DEFAULTS: dict[str, Any] = {
     "model": "tiny",
     "batch_size": 32,
-    "steps": 100,
     "lr": 5e-4,
     "warmup": 10,
     "weight_decay": 0.2,
@@ -46,12 +50,22 @@ DEFAULTS: dict[str, Any] = {
     "threads": 0,
     "eval_every": 0,
     "val_max": 0,
+    "grad_checkpointing": False,
+    "compile": False,
+    "compile_backend": "inductor",
+    "on_nan": "stop",
+    "max_nan_skips": 10,
+    "resample": False,
+    "tensorboard": False,
 }
+DEFAULT_STEPS = 100  # when neither --steps nor --epochs is given
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
+    pre.add_argument("--steps")
+    pre.add_argument("--epochs")
     known, _ = pre.parse_known_args(argv)
     p = argparse.ArgumentParser(prog="python -m training.run", description=__doc__)
     p.add_argument("--config", help="JSON file of option defaults (keys as the flags, _ for -)")
@@ -59,13 +73,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", help="run folder: checkpoints/, metrics.jsonl, curves.png")
     p.add_argument("--model", help=f"one of training/model_configs: {available_models()}")
     p.add_argument("--batch-size", type=int, help="samples per step (per process)")
-    p.add_argument("--steps", type=int, help="optimizer steps in total")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
+        "--steps", type=int, help=f"optimizer steps in total (default {DEFAULT_STEPS})"
+    )
+    length.add_argument(
+        "--epochs",
+        type=int,
+        help="passes over the data instead of --steps: steps = epochs x (samples in the "
+        "shards' stats // (batch size x ranks)); each epoch reshuffles with the seed",
+    )
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay")
     p.add_argument("--weight-decay", type=float, help="AdamW decay (not on gains/biases/scale)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 = autocast")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "amp"],
+        help="bf16: bfloat16 autocast; amp: float16 autocast with a gradient scaler "
+        "(CUDA, or CPU where torch supports it); weights stay fp32",
+    )
+    p.add_argument(
+        "--grad-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        help="recompute transformer activations in the backward pass: less memory, more compute",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile the model (checkpoints still hold the plain module's weights)",
+    )
+    p.add_argument(
+        "--compile-backend",
+        help="torch.compile backend (default inductor: needs a C++ compiler on CPU, "
+        "triton on CUDA); aot_eager traces without generating code",
+    )
+    p.add_argument(
+        "--on-nan",
+        choices=["stop", "skip"],
+        help="non-finite loss: stop the run (default) or skip that step's update",
+    )
+    p.add_argument(
+        "--max-nan-skips",
+        type=int,
+        help="with --on-nan skip: stop after this many skipped steps in a row (default 10)",
+    )
     p.add_argument("--loss", choices=["clip", "siglip"], help="softmax (clip) or sigmoid")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (0 = in process)")
+    p.add_argument(
+        "--resample",
+        action=argparse.BooleanOptionalAction,
+        help="each worker draws shards at random with replacement (seeded per rank, worker "
+        "and epoch): works with fewer shards than ranks x workers",
+    )
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only the end)")
     p.add_argument("--resume", help="checkpoint path, or 'latest' in OUTPUT/checkpoints")
     p.add_argument("--exclude", help="Parquet with a 'key' column: samples never trained on")
@@ -88,17 +147,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--eval-every", type=int, help="also evaluate every N steps (0: only at the end)"
     )
+    p.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        help="also write scalars to OUTPUT/tensorboard (needs: pip install tensorboard)",
+    )
     defaults = dict(DEFAULTS)
     if known.config:
         cfg = json.loads(Path(known.config).read_text())
         unknown = set(cfg) - {a.dest for a in p._actions}
         if unknown:
             p.error(f"--config {known.config}: unknown keys {sorted(unknown)}")
+        if cfg.get("steps") is not None and cfg.get("epochs") is not None:
+            p.error(f"--config {known.config}: 'steps' and 'epochs' exclude each other")
+        for action in p._actions:
+            value = cfg.get(action.dest)
+            if action.choices and value is not None and value not in action.choices:
+                p.error(
+                    f"--config {known.config}: {action.dest}={value!r}, "
+                    f"not one of {list(action.choices)}"
+                )
         defaults.update(cfg)
     p.set_defaults(**defaults)
     args = p.parse_args(argv)
+    # The command line beats the config file: --epochs there drops the file's steps.
+    if known.steps is not None:
+        args.epochs = None
+    elif known.epochs is not None:
+        args.steps = None
+    if args.steps is None and args.epochs is None:
+        args.steps = DEFAULT_STEPS
     if not args.train_data or not args.output:
         p.error("--train-data and --output are required (on the command line or in --config)")
+    for name in ("steps", "epochs", "max_nan_skips", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, not {value}")
     return args
 
 
@@ -143,17 +227,110 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """Every generator the run draws from, as types ``torch.load(weights_only=True)`` reads."""
+    import numpy as np
     import torch
 
-    # Python's state is a tuple of ints: loadable with weights_only=True, unlike numpy's.
-    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    # numpy's state tuple holds an ndarray: stored as plain ints and floats instead.
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "numpy": {
+            "keys": keys.tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], cuda_device: int | None = None) -> None:
+    """Restores what ``rng_state`` saved. ``cuda_device``: restore only this device, from
+    the saver's first device (DDP ranks seed and draw alike, one device each)."""
+    import numpy as np
     import torch
 
     torch.set_rng_state(state["torch"])
     random.setstate((3, tuple(state["python"]), None))
+    if "numpy" in state:  # checkpoints from before numpy's state was saved lack it
+        n = state["numpy"]
+        keys = np.array(n["keys"], dtype=np.uint32)
+        np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        saved = state["cuda"]
+        if cuda_device is None:
+            torch.cuda.set_rng_state_all(saved[: torch.cuda.device_count()])
+        elif saved:
+            torch.cuda.set_rng_state(saved[0], cuda_device)
+    elif "cuda" in state:
+        print("training.run: checkpoint has CUDA RNG states; no CUDA here", file=sys.stderr)
+
+
+def strip_compile_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Weights saved from a torch.compile'd module carry ``_orig_mod.``: drop it."""
+    prefix = "_orig_mod."
+    return {k.removeprefix(prefix): v for k, v in state_dict.items()}
+
+
+def check_compile_backend(backend: str, device: Any) -> None:
+    """Fails before training when torch.compile's backend cannot run here."""
+    import torch
+    import torch._dynamo
+
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        raise TrainOptionError(
+            f"--compile-backend {backend}: unknown; torch {torch.__version__} has {known}"
+        )
+    if backend != "inductor":
+        return
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise TrainOptionError(
+                "--compile: inductor on CUDA needs the 'triton' package (pip install "
+                "triton), or pass --compile-backend aot_eager, or drop --compile"
+            ) from None
+        return
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # torch raises its own error types for a missing compiler
+        raise TrainOptionError(
+            f"--compile: inductor on CPU needs a C++ compiler (g++ or $CXX): {e}; install "
+            "one, pass --compile-backend aot_eager, or drop --compile"
+        ) from None
+
+
+def summary_writer_class() -> Any:
+    """torch's SummaryWriter, or a clear error: tensorboard is an optional package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainOptionError(
+            "--tensorboard needs the 'tensorboard' package: pip install tensorboard"
+        ) from None
+    return SummaryWriter
+
+
+def make_loader(stream: Any, workers: int, device: Any) -> Any:
+    """Batches come already formed from the stream; pinned pages on CUDA let the copies
+    to the GPU run non-blocking."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def make_loss(kind: str, rank: int = 0, world_size: int = 1) -> Any:
@@ -197,7 +374,8 @@ def write_curves(metrics_path: Path, out: Path) -> None:
     steps = [r["step"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for ax, key in zip(axes, ("loss", "lr", "logit_scale"), strict=True):
-        ax.plot(steps, [r[key] for r in rows])
+        # A skipped step's loss is null: a gap in the curve.
+        ax.plot(steps, [math.nan if r.get(key) is None else r[key] for r in rows])
         ax.set_title(key)
         ax.set_xlabel("step")
     fig.tight_layout()
@@ -219,7 +397,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     is_main = rank == 0  # only rank 0 writes files; every rank computes
@@ -231,18 +408,41 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
+    # One GPU per process under torchrun (LOCAL_RANK); the CPU when there is none.
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    # Options this machine cannot honour fail before any data is read.
+    writer_class = summary_writer_class() if args.tensorboard else None
+    if args.compile:
+        check_compile_backend(args.compile_backend, device)
 
     # Data problems are found before the model is built: failing fast costs nothing.
     exclude = load_exclusions(args.exclude) if args.exclude else frozenset()
-    plan = plan_data(args.train_data, rank=rank, world_size=world_size, workers=args.workers)
+    plan = plan_data(
+        args.train_data,
+        rank=rank,
+        world_size=world_size,
+        workers=args.workers,
+        resample=args.resample,
+    )
+    per_epoch = plan.batches_per_epoch(args.batch_size)
+    if args.epochs:
+        if per_epoch == 0:
+            raise TrainDataError(
+                f"--epochs {args.epochs}: {plan.samples} samples in the shards are fewer than "
+                f"one global batch ({args.batch_size} x {world_size} rank(s)); use --steps"
+            )
+        total_steps = args.epochs * per_epoch
+    else:
+        total_steps = args.steps
+    per_epoch = max(1, per_epoch)
     # Eval sets and templates are checked now too, not after hours of training.
     evaluator = Evaluator.from_args(
         args.zeroshot or [], args.templates, args.val_data, args.val_max
     )
-    model, preprocess_train, preprocess_val, tokenizer = build(args.model, args.precision)
-    # One GPU per process under torchrun (LOCAL_RANK); the CPU when there is none.
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    model, preprocess_train, preprocess_val, tokenizer = build(
+        args.model, args.precision, grad_checkpointing=args.grad_checkpointing
+    )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     model.to(device)
@@ -253,17 +453,39 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0, device=device))
         model.logit_scale.data.fill_(math.log(10))
         optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
+    # fp16 needs its loss scaled so small gradients survive; bf16 has fp32's range.
+    scaler = torch.amp.GradScaler(device.type) if args.precision == "amp" else None
+    autocast_dtype = {"bf16": torch.bfloat16, "amp": torch.float16}.get(args.precision)
 
     start = 0
+    skipped = 0  # steps whose update was dropped for a non-finite loss (--on-nan skip)
     if args.resume:
         path = find_latest(output) if args.resume == "latest" else Path(args.resume)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(strip_compile_prefix(ckpt["model"]))
         optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        elif scaler is not None:
+            print(f"training.run: {path} has no amp scaler state: a fresh one", file=sys.stderr)
+        set_rng_state(ckpt["rng"], device.index if world_size > 1 else None)
         start = ckpt["data"]["next_batch"]
+        skipped = ckpt.get("skipped_steps", 0)
+        saved_per_epoch = ckpt["data"].get("batches_per_epoch", per_epoch)
+        if saved_per_epoch != per_epoch:
+            print(
+                f"training.run: {path} was written with {saved_per_epoch} steps per epoch, "
+                f"now {per_epoch} (data, batch size or ranks changed): the data order differs",
+                file=sys.stderr,
+            )
         print(f"resumed from {path} at step {start}", file=sys.stderr)
 
+    if is_main:  # said once every check has passed
+        print(
+            f"training.run: {plan.samples} samples in {len(plan.shards)} shard(s), "
+            f"{per_epoch} steps per epoch, {total_steps} steps",
+            file=sys.stderr,
+        )
     stream = ShardStream(
         plan,
         args.batch_size,
@@ -273,135 +495,206 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         shuffle_buffer=args.shuffle_buffer,
         exclude=exclude,
         start_batch=start,
+        epoch_batches=per_epoch,
     )
-    loader = DataLoader(
-        stream,
-        batch_size=None,
-        num_workers=args.workers,
-        persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
-    )
+    loader = make_loader(stream, args.workers, device)
     # Same init on every rank (same seed); DDP also broadcasts rank 0's weights.
     net = model
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if args.compile:
+        # Compiled after DDP (torch's advice); `model` stays the plain module, so the
+        # checkpoints hold its weights without the wrapper's `_orig_mod.` prefix.
+        net = torch.compile(net, backend=args.compile_backend)
     max_scale = math.log(100)
     worker_stats: dict[int, dict[str, int]] = {}
     metrics_path = output / "metrics.jsonl"
-    model.train()
-    step = start
-    last_loss = float("nan")
-    it = iter(loader)
-    bar = tqdm(total=args.steps, initial=start, desc="train", disable=None if is_main else True)
-    with metrics_path.open("a") if is_main else open(os.devnull, "w") as metrics:
-        t_last = time.perf_counter()
-        while step < args.steps:
-            batch = next(it)
-            t_data = time.perf_counter() - t_last
-            worker_stats[batch["worker"]] = batch["stats"]
-            lr = lr_at(step, args.lr, args.warmup, args.steps)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            images = batch["images"].to(device, non_blocking=True)
-            texts = batch["texts"].to(device, non_blocking=True)
-            bf16 = args.precision == "bf16"
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = net(images, texts)
-                if args.loss == "siglip":
-                    loss = loss_fn(
-                        out["image_features"],
-                        out["text_features"],
-                        out["logit_scale"],
-                        model.logit_bias,
-                    )
-                else:
-                    loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-            # The global batch's loss: local-loss halves averaged over ranks. Every rank
-            # checks the same reduced value, so all stop together instead of hanging.
-            reported = loss.detach().float().clone()
-            if world_size > 1:
-                dist.all_reduce(reported)
-                reported /= world_size
-            if not torch.isfinite(reported):
-                raise NonFiniteLossError(
-                    f"step {step}: loss is {reported.item()} on batch {batch['batch']} "
-                    f"(rank {rank}, "
-                    f"(keys {batch['keys'][0]}..{batch['keys'][-1]}); lower --lr or check data"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                # Clamped as in CLIP: an unbounded scale makes the softmax overflow.
-                model.logit_scale.clamp_(0, max_scale)
-            step += 1
-            last_loss = reported.item()
-            dt = time.perf_counter() - t_last
+    writer = writer_class(log_dir=str(output / "tensorboard")) if writer_class and is_main else None
+    try:
+        model.train()
+        step = start
+        last_loss = float("nan")
+        in_a_row = 0  # consecutive skipped steps
+        it = iter(loader)
+        bar = tqdm(
+            total=total_steps, initial=start, desc="train", disable=None if is_main else True
+        )
+        with metrics_path.open("a") if is_main else open(os.devnull, "w") as metrics:
             t_last = time.perf_counter()
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.3f}")
-            if step % args.log_every == 0 or step == args.steps:
-                row = {
-                    "step": step,
-                    "loss": last_loss,
-                    "lr": lr,
-                    "logit_scale": model.logit_scale.exp().item(),
-                    "samples_per_s": len(batch["keys"]) / dt,
-                    "data_time": t_data,
-                }
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
-            if (
-                is_main
-                and evaluator
-                and args.eval_every
-                and step % args.eval_every == 0
-                and step != args.steps
-            ):
-                # Only rank 0 evaluates; other ranks wait for it at the next collective.
-                ev = evaluator.run(model, preprocess_val, tokenizer, device)
-                with (output / "zeroshot.jsonl").open("a") as f:
-                    f.write(json.dumps({"step": step, **ev}) + "\n")
-            save_now = step == args.steps or (args.save_every and step % args.save_every == 0)
-            if is_main and save_now:
-                save_checkpoint(
-                    output / "checkpoints" / f"step_{step:08d}.pt",
-                    {
+            while step < total_steps:
+                batch = next(it)
+                t_data = time.perf_counter() - t_last
+                worker_stats[batch["worker"]] = batch["stats"]
+                lr = lr_at(step, args.lr, args.warmup, total_steps)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                images = batch["images"].to(device, non_blocking=True)
+                texts = batch["texts"].to(device, non_blocking=True)
+                with torch.autocast(
+                    device.type,
+                    dtype=autocast_dtype or torch.bfloat16,
+                    enabled=autocast_dtype is not None,
+                ):
+                    out = net(images, texts)
+                    if args.loss == "siglip":
+                        loss = loss_fn(
+                            out["image_features"],
+                            out["text_features"],
+                            out["logit_scale"],
+                            model.logit_bias,
+                        )
+                    else:
+                        loss = loss_fn(
+                            out["image_features"], out["text_features"], out["logit_scale"]
+                        )
+                # The global batch's loss: local-loss halves averaged over ranks. Every rank
+                # checks the same reduced value, so all stop (or skip) together, never hang.
+                reported = loss.detach().float().clone()
+                if world_size > 1:
+                    dist.all_reduce(reported)
+                    reported /= world_size
+                finite = bool(torch.isfinite(reported))
+                if not finite:
+                    where = (
+                        f"step {step}: loss is {reported.item()} on batch {batch['batch']} "
+                        f"(rank {rank}, keys {batch['keys'][0]}..{batch['keys'][-1]})"
+                    )
+                    if args.on_nan == "stop":
+                        raise NonFiniteLossError(f"{where}; lower --lr or check data")
+                    in_a_row += 1
+                    if in_a_row > args.max_nan_skips:
+                        raise NonFiniteLossError(
+                            f"{where}: {in_a_row} non-finite losses in a row, more than "
+                            f"--max-nan-skips {args.max_nan_skips}; lower --lr or check data"
+                        )
+                    # Skip: no backward, no optimizer or scaler step; the batch is consumed.
+                    skipped += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    print(f"training.run: {where}: update skipped", file=sys.stderr)
+                else:
+                    in_a_row = 0
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.step(optimizer)  # skipped by the scaler itself on inf grads
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        optimizer.step()
+                    with torch.no_grad():
+                        # Clamped as in CLIP: an unbounded scale makes the softmax overflow.
+                        model.logit_scale.clamp_(0, max_scale)
+                    last_loss = reported.item()
+                step += 1
+                dt = time.perf_counter() - t_last
+                t_last = time.perf_counter()
+                bar.update(1)
+                bar.set_postfix(loss=f"{last_loss:.3f}")
+                if not finite or step % args.log_every == 0 or step == total_steps:
+                    row: dict[str, Any] = {
+                        "step": step,
+                        "epoch": batch["epoch"],
+                        "loss": reported.item() if finite else None,  # JSON has no NaN
+                        "lr": lr,
+                        "logit_scale": model.logit_scale.exp().item(),
+                        "samples_per_s": len(batch["keys"]) / dt,
+                        "data_time": t_data,  # blocked on the loader: compare with step_time
+                        "step_time": dt,
+                        "nan_skips": skipped,
+                    }
+                    if not finite:
+                        row["skipped"] = True
+                    if scaler is not None:
+                        row["grad_scale"] = scaler.get_scale()
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                    if writer is not None:
+                        for key, value in row.items():
+                            if isinstance(value, int | float) and key != "step":
+                                writer.add_scalar(f"train/{key}", value, step)
+                if (
+                    is_main
+                    and evaluator
+                    and args.eval_every
+                    and step % args.eval_every == 0
+                    and step != total_steps
+                ):
+                    # Only rank 0 evaluates; other ranks wait for it at the next collective.
+                    ev = evaluator.run(model, preprocess_val, tokenizer, device)
+                    with (output / "zeroshot.jsonl").open("a") as f:
+                        f.write(json.dumps({"step": step, **ev}) + "\n")
+                    _write_eval_scalars(writer, ev, step)
+                save_now = step == total_steps or (args.save_every and step % args.save_every == 0)
+                if is_main and save_now:
+                    state = {
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
-                        "scheduler": {"kind": "cosine", "step": step, "warmup": args.warmup},
+                        "scheduler": {
+                            "kind": "cosine",
+                            "step": step,
+                            "warmup": args.warmup,
+                            "total": total_steps,
+                        },
                         "rng": rng_state(),
-                        "data": {"next_batch": step},
+                        # The next global batch fixes the data; the epoch is said for people.
+                        "data": {
+                            "next_batch": step,
+                            "epoch": step // per_epoch,
+                            "batch_in_epoch": step % per_epoch,
+                            "batches_per_epoch": per_epoch,
+                        },
+                        "skipped_steps": skipped,
                         "args": {k: v for k, v in vars(args).items() if k != "resume"},
                         "model_name": args.model,
-                    },
-                )
-    bar.close()
-    if not is_main:
-        return {"steps": step, "loss": last_loss, "rank": rank}
-    write_curves(metrics_path, output / "curves.png")
-    # Each worker reports its cumulative counts; the sum is the whole stream's.
-    data_counts: dict[str, int] = {}
-    for s in worker_stats.values():
-        for k, v in s.items():
-            data_counts[f"data_{k}"] = data_counts.get(f"data_{k}", 0) + v
-    summary = {"steps": step, "loss": last_loss, "samples_in_shards": plan.samples}
-    if evaluator:
-        ev = evaluator.run(
-            model, preprocess_val, tokenizer, device, predictions_dir=output / "predictions"
-        )
-        ev = {"step": step, **ev}
-        _write_json(output / "zeroshot.json", ev)
-        if args.eval_every:
-            with (output / "zeroshot.jsonl").open("a") as f:
-                f.write(json.dumps(ev) + "\n")
-        summary["zeroshot"] = {k: v["top1"] for k, v in ev["zeroshot"].items()}
-        if "retrieval" in ev:
-            summary["retrieval"] = ev["retrieval"]
-    summary.update(data_counts)
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+                        "model_config": load_config(args.model),
+                    }
+                    if scaler is not None:
+                        state["scaler"] = scaler.state_dict()
+                    save_checkpoint(output / "checkpoints" / f"step_{step:08d}.pt", state)
+        bar.close()
+        if not is_main:
+            return {"steps": step, "loss": last_loss, "rank": rank}
+        write_curves(metrics_path, output / "curves.png")
+        # Each worker reports its cumulative counts; the sum is the whole stream's.
+        data_counts: dict[str, int] = {}
+        for s in worker_stats.values():
+            for k, v in s.items():
+                data_counts[f"data_{k}"] = data_counts.get(f"data_{k}", 0) + v
+        summary: dict[str, Any] = {
+            "steps": step,
+            "epochs": step / per_epoch,
+            "loss": last_loss,
+            "skipped_steps": skipped,
+            "samples_in_shards": plan.samples,
+        }
+        if evaluator:
+            ev = evaluator.run(
+                model, preprocess_val, tokenizer, device, predictions_dir=output / "predictions"
+            )
+            ev = {"step": step, **ev}
+            _write_json(output / "zeroshot.json", ev)
+            if args.eval_every:
+                with (output / "zeroshot.jsonl").open("a") as f:
+                    f.write(json.dumps(ev) + "\n")
+            _write_eval_scalars(writer, ev, step)
+            summary["zeroshot"] = {k: v["top1"] for k, v in ev["zeroshot"].items()}
+            if "retrieval" in ev:
+                summary["retrieval"] = ev["retrieval"]
+        summary.update(data_counts)
+        (output / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+    finally:
+        if writer is not None:
+            writer.close()  # also on a crash: the events so far reach the disk
+
+
+def _write_eval_scalars(writer: Any, ev: dict[str, Any], step: int) -> None:
+    if writer is None:
+        return
+    for name, result in ev.get("zeroshot", {}).items():
+        writer.add_scalar(f"eval/{name}/top1", result["top1"], step)
+    writer.flush()
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -421,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         NonFiniteLossError,
         EvalSetError,
         TemplatesError,
+        TrainOptionError,
     ) as e:
         print(f"training.run: {e}", file=sys.stderr)
         return 2

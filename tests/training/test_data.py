@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pyarrow as pa
@@ -136,3 +137,86 @@ def test_unknown_and_network_model_configs_refused(
     monkeypatch.setattr("training.models.CONFIG_DIR", tmp_path)
     with pytest.raises(ModelConfigError, match="Hugging Face download"):
         load_config("hf")
+
+
+def test_epochs_cover_every_key_once_then_reshuffle(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path / "d", n_shards=4, per_shard=8)
+    plan = plan_data(str(tmp_path / "d"), workers=2)
+    assert plan.batches_per_epoch(4) == 8
+    stream = ShardStream(plan, 4, _to_tensor, list, shuffle_buffer=4, seed=7)
+    batches = _collect(stream, 16, workers=2)  # two epochs
+    assert [b["batch"] for b in batches] == list(range(16))
+    assert [b["epoch"] for b in batches] == [0] * 8 + [1] * 8
+    epochs = [[k for b in batches if b["epoch"] == e for k in b["keys"]] for e in (0, 1)]
+    assert sorted(epochs[0]) == sorted(keys) == sorted(epochs[1])
+    assert epochs[0] != epochs[1]  # the boundary reshuffled (shards dealt anew too)
+    assert plan.shards_for(0, epoch=0, seed=7) != plan.shards_for(0, epoch=1, seed=7)
+
+
+def test_stream_resumes_mid_epoch_at_the_same_batches(tmp_path: Path) -> None:
+    write_shards(tmp_path / "d", n_shards=4, per_shard=10)
+    plan = plan_data(str(tmp_path / "d"), workers=2)
+    full = _collect(ShardStream(plan, 4, _to_tensor, list, shuffle_buffer=3), 24, workers=2)
+    resumed = ShardStream(plan, 4, _to_tensor, list, shuffle_buffer=3, start_batch=13)
+    tail = _collect(resumed, 11, workers=2)
+    assert [b["batch"] for b in tail] == list(range(13, 24))
+    assert [b["keys"] for b in tail] == [b["keys"] for b in full[13:]]
+    assert [b["epoch"] for b in tail] == [b["epoch"] for b in full[13:]]
+
+
+def test_uneven_shards_still_fill_every_workers_share(tmp_path: Path) -> None:
+    # 2 samples for worker 0, 30 for worker 1: worker 0 repeats its pass within the epoch
+    # instead of starving the round robin.
+    write_shards(tmp_path / "a", n_shards=1, per_shard=2, seed=1)
+    write_shards(tmp_path / "b", n_shards=1, per_shard=30, seed=2)
+    (tmp_path / "b" / "00000.tar").rename(tmp_path / "a" / "00001.tar")
+    plan = plan_data(str(tmp_path / "a" / "{00000..00001}.tar"), workers=2)
+    batches = _collect(ShardStream(plan, 4, _to_tensor, list), 8, workers=2)
+    assert [b["batch"] for b in batches] == list(range(8))
+    assert all(len(b["keys"]) == 4 for b in batches)
+
+
+def test_resample_feeds_more_readers_than_shards_deterministically(tmp_path: Path) -> None:
+    keys = set(write_shards(tmp_path / "d", n_shards=1, per_shard=12))
+    spec = str(tmp_path / "d")
+    with pytest.raises(TrainDataError, match="or pass --resample"):
+        plan_data(spec, rank=0, world_size=2, workers=2)
+
+    def rank_keys(rank: int, seed: int) -> list[list[str]]:
+        plan = plan_data(spec, rank=rank, world_size=2, workers=2, resample=True)
+        stream = ShardStream(plan, 4, _to_tensor, list, shuffle_buffer=5, seed=seed)
+        batches = _collect(stream, 6, workers=2)
+        assert [b["worker"] for b in batches] == [0, 1] * 3  # both workers get data
+        return [b["keys"] for b in batches]
+
+    # 1 shard, 2 ranks x 2 workers (ranks simulated by their plans): every reader draws.
+    runs = {(rank, seed): rank_keys(rank, seed) for rank in (0, 1) for seed in (0, 1)}
+    for got in runs.values():
+        assert {k for b in got for k in b} <= keys
+        assert all(len(b) == 4 for b in got)
+    assert rank_keys(0, 0) == runs[0, 0]  # the same seed draws the same
+    assert runs[0, 0] != runs[1, 0]  # ranks draw differently
+    assert runs[0, 0] != runs[0, 1]  # and so do seeds
+
+
+def test_resample_draws_shards_with_replacement_by_seed(tmp_path: Path) -> None:
+    write_shards(tmp_path / "d", n_shards=3, per_shard=2)
+    plan = plan_data(str(tmp_path / "d"), resample=True)
+    stream = ShardStream(plan, 2, _to_tensor, list, seed=3)
+
+    def draws(seed: int, epoch: int) -> list[str]:
+        rng = random.Random(hash((seed, 0, 0, epoch)))
+        shards = stream._passes(0, epoch, rng)
+        return [p.name for _ in range(4) for p in next(shards)]
+
+    assert draws(3, 0) == draws(3, 0)
+    assert draws(3, 0) != draws(3, 1)  # each epoch draws anew
+    assert len(set(draws(3, 0))) < len(draws(3, 0))  # with replacement: repeats
+
+
+def test_resample_with_nothing_usable_fails_instead_of_looping(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path / "d", n_shards=2, per_shard=3)
+    plan = plan_data(str(tmp_path / "d"), workers=4, resample=True)
+    stream = ShardStream(plan, 2, _to_tensor, list, exclude=frozenset(keys))
+    with pytest.raises(TrainDataError, match=r"zero usable samples in 2 shard\(s\)"):
+        _collect(stream, 1)

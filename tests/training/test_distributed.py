@@ -62,7 +62,13 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     cmd += ["-m", "training.run", "--train-data", spec, "--output", str(out)]
     cmd += ["--steps", str(STEPS), "--batch-size", str(BATCH), "--seed", str(SEED)]
     cmd += ["--lr", str(LR), "--warmup", str(WARMUP), "--threads", "1", "--weight-decay", "0.2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # CPU ranks even on a GPU machine: two ranks would need two GPUs there.
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
