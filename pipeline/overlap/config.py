@@ -24,6 +24,7 @@ class OverlapConfig:
     embed_resize: str = "crop"  # crop: short side then centre crop; squash: straight to a square
     embed_batch: int = 64
     embed_device: str = "auto"  # auto: cuda when available, else cpu
+    embed_workers: int = 0  # threads decoding and preprocessing images; 0: one per CPU core
     zeroshot_batch: int = 256  # --checkpoint: images per batch (training.run's own batch)
     zeroshot_device: str = "auto"
     precision: float = 0.99  # calibration target
@@ -61,6 +62,10 @@ class OverlapConfig:
             raise ConfigError(f"embed_resize must be crop or squash, got {self.embed_resize!r}")
         if self.embed_batch < 1:
             raise ConfigError(f"embed_batch must be >= 1, got {self.embed_batch}")
+        if self.embed_workers < 0:
+            raise ConfigError(
+                f"embed_workers must be >= 0 (0: one per CPU core), got {self.embed_workers}"
+            )
         if not self.embed_device:
             raise ConfigError("embed_device must not be empty (auto, cpu, cuda, cuda:N)")
         if self.zeroshot_batch < 1:
@@ -106,6 +111,8 @@ HELP: dict[str, str] = {
     "embed_batch": "images per batch of an embedding detector (default: 64)",
     "embed_device": "device of an embedding detector: auto (CUDA when available), cpu, cuda, "
     "cuda:N (default: auto)",
+    "embed_workers": "threads that decode and preprocess images for an embedding detector, "
+    "ahead of the model; 0 = one per CPU core (default: 0)",
     "zeroshot_batch": "images per batch of --checkpoint zero-shot predictions (default: 256, "
     "as training.run)",
     "zeroshot_device": "device of the --checkpoint model: auto (CUDA when available), cpu, "

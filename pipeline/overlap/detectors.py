@@ -18,7 +18,9 @@ Embedding detectors give L2-normalized float vectors compared by inner product (
   with ``--checkpoint`` zero-shot predictions). Nothing is ever downloaded.
 
 Both run batches of ``embed_batch`` images on ``embed_device`` (``auto``: CUDA when
-available). torch and open_clip are imported only when such a detector is made. A
+available). Decoding and preprocessing run on ``embed_workers`` threads (Pillow and torch
+release the GIL), a few batches ahead of the model: one thread decoding 256 px JPEGs feeds
+a GPU only ~7% of what it can embed (docs/BENCHMARKS.md). torch and open_clip are imported only when such a detector is made. A
 detector pickles without its model (Spark tasks, worker processes) and reloads it from its
 files on first use.
 """
@@ -26,8 +28,11 @@ files on first use.
 from __future__ import annotations
 
 import io
+import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -144,10 +149,14 @@ class EmbeddingDetector:
 
     kind: Literal["binary", "float"] = "float"
 
-    def __init__(self, source: str, batch_size: int = 64, device: str = "auto") -> None:
+    def __init__(
+        self, source: str, batch_size: int = 64, device: str = "auto", workers: int = 0
+    ) -> None:
         self.source = source
         self.batch_size = batch_size
         self.device_name = device
+        self.workers = workers or os.cpu_count() or 1
+        self._threads: ThreadPoolExecutor | None = None
         self._model: Any = None
         self._preprocess: Callable[[Image.Image], Any] | None = None
         self._dim = 0
@@ -197,7 +206,7 @@ class EmbeddingDetector:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_model=None, _preprocess=None, _device_obj=None)
+        state.update(_model=None, _preprocess=None, _device_obj=None, _threads=None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -211,21 +220,50 @@ class EmbeddingDetector:
     def describe(self) -> str:
         return self.source
 
-    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """(len(images), dim) float32 unit vectors."""
+    def _prepared_batches(
+        self, items: Sequence[Any], prepare: Callable[[Any], Any]
+    ) -> Iterator[list[Any]]:
+        """``prepare`` applied to ``items``, a batch at a time, in order. With several
+        workers, up to two batches are prepared on threads while the model runs one."""
+        chunks = [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        if self.workers <= 1 or len(items) <= 1:
+            for chunk in chunks:
+                yield [prepare(x) for x in chunk]
+            return
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.workers, thread_name_prefix="embed")
+        pending: deque[list[Any]] = deque()
+        for chunk in chunks:
+            pending.append([self._threads.submit(prepare, x) for x in chunk])
+            if len(pending) > 2:
+                yield [f.result() for f in pending.popleft()]
+        while pending:
+            yield [f.result() for f in pending.popleft()]
+
+    def _embed(self, items: Sequence[Any], prepare: Callable[[Any], Any]) -> list[Any]:
+        """One unit vector per item, or None where ``prepare`` gave None."""
         import torch
 
         self._load()
-        assert self._preprocess is not None
-        out = np.zeros((len(images), self._dim), np.float32)
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            x = torch.stack([self._preprocess(_rgb(im)) for im in chunk]).to(self._device_obj)
-            with torch.inference_mode():
-                y = self._model(x).float()
-                y = torch.nn.functional.normalize(y, dim=1)
-            out[start : start + len(chunk)] = y.cpu().numpy()
+        out: list[Any] = []
+        for batch in self._prepared_batches(items, prepare):
+            ok = [x for x in batch if x is not None]
+            vecs = iter(())
+            if ok:
+                x = torch.stack(ok).to(self._device_obj, non_blocking=True)
+                with torch.inference_mode():
+                    y = torch.nn.functional.normalize(self._model(x).float(), dim=1)
+                vecs = iter(y.cpu().numpy())
+            out += [None if x is None else next(vecs) for x in batch]
         return out
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(len(images), dim) float32 unit vectors."""
+        self._load()
+        preprocess = self._preprocess
+        assert preprocess is not None
+        vecs = self._embed(images, lambda im: preprocess(_rgb(im)))
+        return np.stack(vecs) if vecs else np.zeros((0, self._dim), np.float32)
 
     def embed_image(self, img: Image.Image) -> np.ndarray:
         return self.embed_images([img])[0]
@@ -234,10 +272,16 @@ class EmbeddingDetector:
         return self.embed_bytes_batch([data])[0]
 
     def embed_bytes_batch(self, images: Sequence[bytes]) -> list[np.ndarray | None]:
-        decoded = [decode_for_hash(d, 0) for d in images]
-        ok = [img for img in decoded if img is not None]
-        codes = iter(self.embed_images(ok)) if ok else iter(())
-        return [None if img is None else next(codes) for img in decoded]
+        """Decoded, preprocessed and embedded; None for bytes that are not an image."""
+        self._load()
+        preprocess = self._preprocess
+        assert preprocess is not None
+
+        def prepare(data: bytes) -> Any:
+            img = decode_for_hash(data, 0)
+            return None if img is None else preprocess(_rgb(img))
+
+        return self._embed(images, prepare)
 
 
 def _rgb(img: Image.Image) -> Image.Image:
@@ -258,11 +302,12 @@ class TorchScriptDetector(EmbeddingDetector):
         resize: str = "crop",
         batch_size: int = 64,
         device: str = "auto",
+        workers: int = 0,
     ) -> None:
         self.path = Path(path).expanduser()
         self.size = size
         self.resize = resize
-        super().__init__(f"torchscript:{path}", batch_size, device)
+        super().__init__(f"torchscript:{path}", batch_size, device, workers)
 
     def describe(self) -> str:
         return f"torchscript({self.path.name}, {self.resize} {self.size})"
@@ -308,10 +353,13 @@ class OpenClipDetector(EmbeddingDetector):
         checkpoint: str | Path,
         batch_size: int = 64,
         device: str = "auto",
+        workers: int = 0,
     ) -> None:
         self.config_json = Path(config_json).expanduser()
         self.checkpoint = Path(checkpoint).expanduser()
-        super().__init__(f"embedding:open_clip:{config_json}:{checkpoint}", batch_size, device)
+        super().__init__(
+            f"embedding:open_clip:{config_json}:{checkpoint}", batch_size, device, workers
+        )
 
     def describe(self) -> str:
         return f"open_clip({self.config_json.stem}, {self.checkpoint.name})"
@@ -350,7 +398,12 @@ def make_detector(config: OverlapConfig) -> Detector:
         if not path:
             raise DetectorError("detector torchscript: needs a path: torchscript:PATH")
         return TorchScriptDetector(
-            path, config.embed_size, config.embed_resize, config.embed_batch, config.embed_device
+            path,
+            config.embed_size,
+            config.embed_resize,
+            config.embed_batch,
+            config.embed_device,
+            config.embed_workers,
         )
     if spec.startswith("embedding:open_clip:"):
         rest = spec[len("embedding:open_clip:") :]
@@ -363,7 +416,9 @@ def make_detector(config: OverlapConfig) -> Detector:
             raise DetectorError(
                 f"detector {spec}: expected embedding:open_clip:CONFIG_JSON:CHECKPOINT"
             )
-        return OpenClipDetector(cfg_path, ckpt, config.embed_batch, config.embed_device)
+        return OpenClipDetector(
+            cfg_path, ckpt, config.embed_batch, config.embed_device, config.embed_workers
+        )
     if spec.startswith("embedding:") or spec == "embedding":
         raise DetectorError(
             f"detector {spec}: unknown embedding model; available: "

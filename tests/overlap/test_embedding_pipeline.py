@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -84,3 +85,22 @@ def test_spark_search_with_an_embedding_detector_matches_local(
             b.column("score").to_pylist(), abs=1e-5
         )
     assert local.per_set["cifar10"]["n_overlap"] == on_spark.per_set["cifar10"]["n_overlap"] == 3
+
+
+def test_threaded_preprocessing_gives_the_same_vectors_in_order(
+    scripted: Path,  # noqa: F811
+) -> None:
+    from pipeline.overlap.detectors import TorchScriptDetector
+    from tests.overlap.layouts import field_image, png
+
+    blobs = [png(field_image(60 + i, (40 + i, 30))) for i in range(9)]
+    blobs[4] = b"not an image"
+    one = TorchScriptDetector(scripted, size=32, batch_size=2, device="cpu", workers=1)
+    many = TorchScriptDetector(scripted, size=32, batch_size=2, device="cpu", workers=3)
+    a, b = one.embed_bytes_batch(blobs), many.embed_bytes_batch(blobs)
+    assert many._threads is not None and one._threads is None  # the pool was used
+    assert a[4] is None and b[4] is None
+    for i in (0, 1, 2, 3, 5, 6, 7, 8):
+        np.testing.assert_allclose(a[i], b[i], atol=1e-6)
+        if i:  # distinct images, distinct vectors: an order mix-up would show
+            assert float(a[i] @ a[0]) < 0.9999
