@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXTRAS ?= dev,spark,dedup,overlap,bench,train
-BENCHES := download extract curate overlap build
+BENCHES := download extract curate overlap build train
 
 export WANDB_MODE := disabled
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -13,12 +13,19 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 # Debian packages the tests read offline: WordNet 3.0 (query lists).
 SYSTEM_PACKAGES := wordnet-base
+# ...and those bench-overlap reads: real images for the detector's quality.
+BENCH_SYSTEM_PACKAGES := dataset-fashion-mnist openclipart-svg
+
+# apt-get install what is missing (as root), else say what to install.
+define apt_install
+@dpkg -s $(1) >/dev/null 2>&1 || { \
+  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(1); \
+  else echo "warning: please install Debian packages: $(1)"; fi; }
+endef
 
 # Re-installs when pyproject.toml changes (the stamp is older) or the venv is missing.
 $(STAMP): pyproject.toml
-	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(SYSTEM_PACKAGES); \
-	  else echo "warning: please install Debian packages: $(SYSTEM_PACKAGES)"; fi; }
+	$(call apt_install,$(SYSTEM_PACKAGES))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
@@ -45,6 +52,22 @@ bench: $(addprefix bench-,$(BENCHES))
 
 $(addprefix bench-,$(BENCHES)): bench-%: $(STAMP)
 	$(PY) -m bench.$*
+
+# bench-train's anchor, open_clip's own trainer, breaks on webdataset >= 0.2.90: 0.2.86
+# alone (its other needs are in the venv) goes into a side folder that bench.train puts
+# first on PYTHONPATH for open_clip's process only.
+OPENCLIP_DEPS := bench/.openclip-deps
+$(OPENCLIP_DEPS)/.installed: $(STAMP)
+	$(PY) -m pip install --quiet --upgrade --no-deps --target $(OPENCLIP_DEPS) 'webdataset==0.2.86'
+	touch $@
+
+bench-train: $(OPENCLIP_DEPS)/.installed
+
+.PHONY: bench-system-packages
+bench-system-packages:
+	$(call apt_install,$(BENCH_SYSTEM_PACKAGES))
+
+bench-overlap: bench-system-packages
 
 # On a machine with a GPU: ViT-B-32 for a few hundred steps from synthetic shards.
 gpu-check: $(STAMP)
