@@ -74,4 +74,4 @@ gpu-check: $(STAMP)
 	$(PY) -m training.gpu_check --out data/gpu-check
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache $(OPENCLIP_DEPS)

@@ -23,10 +23,10 @@ def loader(settings: dict[str, Any]) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from training.data import ShardStream, plan_data
-    from training.models import build
+    from training.models import build, input_side
 
     torch.manual_seed(settings["seed"])
-    _, preprocess_train, _, tokenizer = build(settings["model"])
+    net, preprocess_train, _, tokenizer = build(settings["model"])
     plan = plan_data(settings["train_data"], workers=settings["workers"])
     stream = ShardStream(
         plan,
@@ -35,6 +35,7 @@ def loader(settings: dict[str, Any]) -> dict[str, Any]:
         tokenizer,
         seed=settings["seed"],
         shuffle_buffer=settings["shuffle_buffer"],
+        draft_side=2 * input_side(net),  # as training.run decodes
     )
     try:  # the trainer's own DataLoader settings, where training.run has them in one place
         from training.run import make_loader

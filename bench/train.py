@@ -28,7 +28,11 @@ Every process runs with OMP_NUM_THREADS=1 by default (``--threads``): on 2 cores
 default of two intra-op threads next to the data workers (or anyone else's work) makes the
 threads wait on each other at every barrier whenever a core is taken: ~390 samples/s
 against ~640 with one thread for our trainer, and model steps up to 20x slower under a
-neighbour's load. Median of repeats; prints a table and writes bench/results/train.json.
+neighbour's load. Our trainer is also given ``--threads`` with the same count (with
+``--threads 0``, torch's default as a bare process reports it): on the CPU its own default
+picks threads from the cores and data workers and does not read OMP_NUM_THREADS, so without
+the flag the two trainers could run with different thread counts. Median of repeats; prints
+a table and writes bench/results/train.json.
 """
 
 from __future__ import annotations
@@ -114,12 +118,22 @@ def steady(step_s: list[float], data_s: list[float], batch: int, skip: int) -> d
     }
 
 
-def run_ours(data: str, out: Path, a: argparse.Namespace, seed: int) -> dict[str, Any]:
+def torch_default_threads(a: argparse.Namespace) -> int:
+    """Intra-op threads torch picks by itself in the trainers' environment."""
+    cmd = [sys.executable, "-c", "import torch; print(torch.get_num_threads())"]
+    _, _, out = _run(cmd, _env(False, a.threads), "torch thread count")
+    return int(out.strip())
+
+
+def run_ours(
+    data: str, out: Path, a: argparse.Namespace, seed: int, threads: int
+) -> dict[str, Any]:
     cmd = [
         sys.executable, "-m", "training.run", "--train-data", data, "--output", str(out),
         "--model", a.model, "--batch-size", str(a.batch_size), "--steps", str(a.steps),
         "--workers", str(a.workers), "--lr", "5e-4", "--warmup", "10", "--weight-decay", "0.2",
         "--precision", "fp32", "--log-every", "1", "--seed", str(seed),
+        "--threads", str(threads),  # open_clip's count (OMP_NUM_THREADS): ours' auto ignores it
     ]  # fmt: skip
     wall, cpu, _ = _run(cmd, _env(False, a.threads), "training.run")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x]
@@ -216,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--skip must be below --steps, and --shards at least --workers")
     check_deps()
     load_start = os.getloadavg()  # other work on the machine skews timings: recorded
+    ours_threads = a.threads or torch_default_threads(a)
 
     # Enough samples that open_clip's single epoch never runs dry on any worker, and that
     # ours never reaches an epoch's end (a new shuffle buffer fill) inside the timed steps.
@@ -248,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for tool in order:
                 loads.append(os.getloadavg())
                 if tool == "ours":
-                    r = run_ours(ours_data, tmp / f"ours-{rep}", a, seed)
+                    r = run_ours(ours_data, tmp / f"ours-{rep}", a, seed, ours_threads)
                 else:
                     r = run_open_clip(pattern, tmp / f"open_clip-{rep}", a, seed)
                 clocks[tool].append(r)
@@ -328,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loadavg_before_each_trainer_run": loads,
             "loadavg_end": os.getloadavg(),
         },
-        "settings": {**vars(a), "samples_per_shard": per_shard},
+        "settings": {**vars(a), "samples_per_shard": per_shard, "ours_threads": ours_threads},
         "webdataset_for_open_clip": WEBDATASET_PIN,
         "measure": "steady state: samples of steps after --skip / sum of their logged step times",
         "median_samples_per_s": med,

@@ -160,10 +160,15 @@ def plan_data(
     return DataPlan(tuple(shards), total, rank, world_size, workers, resample)
 
 
-def decode_image(sample: TrainSample) -> Any:
+def decode_image(sample: TrainSample, draft_side: int | None = None) -> Any:
+    """The sample's image in RGB. ``draft_side``: a JPEG is decoded by libjpeg at 1/2, 1/4
+    or 1/8 scale, the smallest that keeps both sides at least ``draft_side`` (the download
+    engine does the same); a smaller JPEG or any other format decodes at full size."""
     from PIL import Image
 
     img = Image.open(io.BytesIO(sample.image))
+    if draft_side:
+        img.draft("RGB", (draft_side, draft_side))  # a no-op for formats other than JPEG
     img.load()  # decode now: a truncated file fails here, inside the skip-and-count guard
     return img.convert("RGB")
 
@@ -176,6 +181,10 @@ class ShardStream(IterableDataset):
     epoch's pass over its shards, then starts the next epoch reshuffled. A worker whose
     shards run out before its share (uneven shards, excluded keys) starts another pass
     within the epoch; what is left of a pass when the share is met is dropped.
+
+    ``draft_side``: JPEGs are decoded at a reduced scale that keeps both sides at least
+    this many pixels (see ``decode_image``); ``training.run`` passes twice the model's
+    input side, a margin for the crop and the antialiased downscale that follow.
     """
 
     def __init__(
@@ -189,6 +198,7 @@ class ShardStream(IterableDataset):
         exclude: frozenset[str] = frozenset(),
         start_batch: int = 0,
         epoch_batches: int | None = None,
+        draft_side: int | None = None,
     ) -> None:
         super().__init__()
         self.plan = plan
@@ -203,6 +213,7 @@ class ShardStream(IterableDataset):
             epoch_batches if epoch_batches is not None else plan.batches_per_epoch(batch_size)
         )
         self.epoch_batches = max(1, per_epoch)
+        self.draft_side = draft_side
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         import torch
@@ -232,7 +243,7 @@ class ShardStream(IterableDataset):
                 torch.manual_seed(hash((self.seed, self.plan.rank, index)) & 0x7FFFFFFF)
                 for s in batch:
                     try:
-                        images.append(self.transform(decode_image(s)))
+                        images.append(self.transform(decode_image(s, self.draft_side)))
                     except Exception:  # PIL raises many types; each is one corrupt sample
                         stats.add("corrupt_image")
                         continue

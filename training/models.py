@@ -65,3 +65,12 @@ def build(
         model.set_grad_checkpointing(True)
     tokenizer = open_clip.get_tokenizer(name)
     return model, preprocess_train, preprocess_val, tokenizer
+
+
+def input_side(model: Any) -> int:
+    """The longer side, in pixels, of the images the model takes: the size open_clip built
+    its preprocess from (``RandomResizedCrop`` crops to it), so decoding needs no more."""
+    import open_clip
+
+    size = open_clip.get_model_preprocess_cfg(model)["size"]
+    return max(size) if isinstance(size, tuple | list) else int(size)

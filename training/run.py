@@ -22,7 +22,7 @@ from typing import Any
 from pipeline.overlap.evalsets import EvalSetError
 from training.data import ShardStream, TrainDataError, load_exclusions, plan_data
 from training.evaluate import Evaluator
-from training.models import ModelConfigError, available_models, build, load_config
+from training.models import ModelConfigError, available_models, build, input_side, load_config
 from training.templates import TemplatesError
 
 
@@ -46,8 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "save_every": 0,
     "seed": 0,
     "shuffle_buffer": 1000,
-    "log_every": 1,
+    "log_every": 10,
     "threads": 0,
+    "optimizer_impl": "fused",
     "eval_every": 0,
     "val_max": 0,
     "grad_checkpointing": False,
@@ -87,6 +88,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay")
     p.add_argument("--weight-decay", type=float, help="AdamW decay (not on gains/biases/scale)")
     p.add_argument(
+        "--optimizer-impl",
+        choices=["fused", "foreach", "default"],
+        help="AdamW's kernels: fused (default: one kernel per parameter group, CPU and CUDA; "
+        "elsewhere torch's default, saying why), foreach (batched per operation) or default "
+        "(torch's choice: foreach on CUDA, one tensor at a time on CPU). Same updates to "
+        "float rounding; checkpoints resume across all three",
+    )
+    p.add_argument(
         "--precision",
         choices=["fp32", "bf16", "amp"],
         help="bf16: bfloat16 autocast; amp: float16 autocast with a gradient scaler "
@@ -110,7 +119,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--on-nan",
         choices=["stop", "skip"],
-        help="non-finite loss: stop the run (default) or skip that step's update",
+        help="non-finite loss: stop the run (default) or skip that step's update. stop reads "
+        "each step's loss check one step late, so a GPU never waits for it, and always before a "
+        "metrics line, an evaluation or a checkpoint: the run stops at most one step after the "
+        "first non-finite loss, naming that step and batch, and no checkpoint, evaluation or "
+        "metrics line ever includes an update from a non-finite step (the weights in memory "
+        "at the stop may). skip must decide before the update: it checks every step at once "
+        "(a host sync per step on a GPU)",
     )
     p.add_argument(
         "--max-nan-skips",
@@ -130,9 +145,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--exclude", help="Parquet with a 'key' column: samples never trained on")
     p.add_argument("--seed", type=int, help="seed for init, shuffling and augmentation")
     p.add_argument("--shuffle-buffer", type=int, help="samples held for shuffling per worker")
-    p.add_argument("--log-every", type=int, help="metrics.jsonl line every N steps")
     p.add_argument(
-        "--threads", type=int, help="torch CPU threads (0: torch's default); 1 on busy hosts"
+        "--log-every",
+        type=int,
+        help="a metrics.jsonl line and the progress bar's loss every N steps (default 10); "
+        "its times are means over those steps. Reading the loss waits for the device",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads. 0 (default): on CPU, this host's cores (the affinity "
+        "mask) // ranks on this host - --workers, at least 1, whatever OMP_NUM_THREADS says "
+        "(torchrun sets it to 1 per rank); on a GPU torch's default. 1 on busy hosts",
     )
     p.add_argument(
         "--zeroshot",
@@ -179,10 +203,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.steps = DEFAULT_STEPS
     if not args.train_data or not args.output:
         p.error("--train-data and --output are required (on the command line or in --config)")
-    for name in ("steps", "epochs", "max_nan_skips", "batch_size"):
+    for name in ("steps", "epochs", "max_nan_skips", "batch_size", "log_every"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+    if (args.threads or 0) < 0 or (args.workers or 0) < 0:
+        p.error("--threads and --workers must be at least 0")
     return args
 
 
@@ -199,6 +225,124 @@ def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
         {"params": no_decay, "weight_decay": 0.0},
         {"params": decay, "weight_decay": weight_decay},
     ]
+
+
+def fused_adamw_devices() -> list[str]:
+    """Device types with a fused AdamW kernel in this torch (CPU and CUDA since 2.4)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a private helper: if a later torch moves it, the two we know
+        return ["cpu", "cuda"]
+    return list(_get_fused_kernels_supported_devices())
+
+
+def make_optimizer(model: Any, args: argparse.Namespace, device: Any) -> tuple[Any, str]:
+    """AdamW over ``param_groups`` with ``--optimizer-impl``'s kernels, and the one used.
+
+    torch's default AdamW on CPU updates one tensor at a time: on the tiny model that was
+    60% of the step (27 ms, fused 3.4 ms; docs/_bench_train.md)."""
+    import torch
+
+    impl = args.optimizer_impl
+    if impl == "fused" and device.type not in fused_adamw_devices():
+        impl = f"default (no fused AdamW for {device.type} in torch {torch.__version__})"
+    kwargs = {"fused": True} if impl == "fused" else {"foreach": True} if impl == "foreach" else {}
+    groups = param_groups(model, args.weight_decay)
+    return torch.optim.AdamW(groups, lr=args.lr, **kwargs), impl
+
+
+def load_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
+    """A checkpoint's AdamW state into ``optimizer``, keeping ``optimizer``'s kernels.
+
+    torch's ``load_state_dict`` also copies the saved groups' ``fused`` and ``foreach``
+    flags, so a checkpoint from an unfused run would silently resume unfused (and a fused
+    one would ask for fused kernels where there are none). The flags are put back, and
+    each step count moved to where those kernels keep it: fused on the parameter's device,
+    otherwise a CPU scalar."""
+    import torch
+
+    kernels = [(g["fused"], g["foreach"]) for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, (fused, foreach) in zip(optimizer.param_groups, kernels, strict=True):
+        group["fused"], group["foreach"] = fused, foreach
+        on_device = bool(fused or group.get("capturable"))
+        for param in group["params"]:
+            saved = optimizer.state.get(param)
+            if saved and torch.is_tensor(saved.get("step")):
+                where = param.device if on_device else torch.device("cpu")
+                saved["step"] = saved["step"].to(dtype=torch.float32, device=where)
+
+
+def default_threads(cores: int, ranks_on_host: int, workers: int) -> int:
+    """Intra-op threads for one CPU rank: its share of the host's cores less one for each
+    data worker (a process decoding full time), at least one. More threads than free cores
+    make them wait on each other at every barrier: on 2 cores with 2 workers, torch's
+    default of 2 ran at ~390 samples/s, 1 thread at ~640 (docs/_bench_train.md)."""
+    return max(1, cores // max(1, ranks_on_host) - workers)
+
+
+def available_cores() -> int:
+    """Cores this process may run on: its affinity mask (taskset, cgroup cpusets), which
+    ``os.cpu_count`` ignores."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def choose_threads(
+    requested: int, device_type: str, workers: int, world_size: int
+) -> tuple[int | None, str]:
+    """(threads to set, or None to keep torch's, and why) for ``--threads requested``."""
+    if requested:
+        return requested, "--threads"
+    if device_type != "cpu":
+        return None, f"torch's default on {device_type}"
+    # torchrun says how many ranks share this host; other launchers: assume all of them.
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    cores = available_cores()
+    why = f"auto: {cores} core(s) // {ranks} rank(s) here - {workers} worker(s)"
+    return default_threads(cores, ranks, workers), why
+
+
+class LossCheck:
+    """Whether one step's (global) loss was finite, readable later without a stall.
+
+    On CUDA the flag is copied to pinned host memory behind the forward pass and an event
+    marks the copy, so reading it a step later waits for that copy alone, long done by
+    then, not for the work queued since (``bool(tensor)`` would wait for all of it). On
+    the CPU the flag is ready as soon as it is computed."""
+
+    def __init__(self, reported: Any, step: int, batch: dict[str, Any], rank: int) -> None:
+        import torch
+
+        self.reported = reported
+        self.step, self.batch, self.rank = step, batch["batch"], rank
+        self.keys = (batch["keys"][0], batch["keys"][-1])
+        finite = torch.isfinite(reported)
+        self._event: Any = None
+        if finite.device.type == "cuda":
+            self._flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self._flag.copy_(finite, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._flag = finite
+
+    def finite(self) -> bool:
+        if self._event is not None:
+            self._event.synchronize()
+        return bool(self._flag)
+
+    def where(self) -> str:
+        return (
+            f"step {self.step}: loss is {self.reported.item()} on batch {self.batch} "
+            f"(rank {self.rank}, keys {self.keys[0]}..{self.keys[1]})"
+        )
+
+
+def stop_if_nonfinite(check: LossCheck) -> None:
+    if not check.finite():
+        raise NonFiniteLossError(f"{check.where()}; lower --lr or check data")
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -403,14 +547,15 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     output = Path(args.output)
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
-    if args.threads:
-        # Oversubscribed cores make intra-op threads spin: one thread is ~3x faster there.
-        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     # One GPU per process under torchrun (LOCAL_RANK); the CPU when there is none.
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    threads, threads_why = choose_threads(args.threads, device.type, args.workers, world_size)
+    if threads is not None:
+        # Oversubscribed cores make intra-op threads spin: one thread is ~3x faster there.
+        torch.set_num_threads(threads)
     # Options this machine cannot honour fail before any data is read.
     writer_class = summary_writer_class() if args.tensorboard else None
     if args.compile:
@@ -446,13 +591,13 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     if device.type == "cuda":
         torch.cuda.set_device(device)
     model.to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
     loss_fn = make_loss(args.loss, rank, world_size)
     if args.loss == "siglip":
         # SigLIP wants its own bias and a scale starting at log(10) (Zhai et al.).
         model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0, device=device))
         model.logit_scale.data.fill_(math.log(10))
-        optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
+    # Built once every parameter exists (SigLIP's bias included).
+    optimizer, optimizer_impl = make_optimizer(model, args, device)
     # fp16 needs its loss scaled so small gradients survive; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type) if args.precision == "amp" else None
     autocast_dtype = {"bf16": torch.bfloat16, "amp": torch.float16}.get(args.precision)
@@ -463,7 +608,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         path = find_latest(output) if args.resume == "latest" else Path(args.resume)
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(strip_compile_prefix(ckpt["model"]))
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         if scaler is not None and "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         elif scaler is not None:
@@ -483,7 +628,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     if is_main:  # said once every check has passed
         print(
             f"training.run: {plan.samples} samples in {len(plan.shards)} shard(s), "
-            f"{per_epoch} steps per epoch, {total_steps} steps",
+            f"{per_epoch} steps per epoch, {total_steps} steps; {torch.get_num_threads()} "
+            f"torch thread(s) ({threads_why}), AdamW {optimizer_impl}",
             file=sys.stderr,
         )
     stream = ShardStream(
@@ -496,6 +642,9 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         exclude=exclude,
         start_batch=start,
         epoch_batches=per_epoch,
+        # 2x: the crop (>= 90% of the area in open_clip's train preprocess) and the
+        # antialiased downscale keep a margin of real pixels.
+        draft_side=2 * input_side(model),
     )
     loader = make_loader(stream, args.workers, device)
     # Same init on every rank (same seed); DDP also broadcasts rank 0's weights.
@@ -514,17 +663,21 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     try:
         model.train()
         step = start
-        last_loss = float("nan")
+        last_reported: Any = None  # the latest finite step's loss, read only when needed
+        pending: LossCheck | None = None  # --on-nan stop: the step whose check is unread
         in_a_row = 0  # consecutive skipped steps
+        # Means since the last metrics line: its times cover every step, not just its own.
+        window_steps, window_samples, window_data = 0, 0, 0.0
         it = iter(loader)
         bar = tqdm(
             total=total_steps, initial=start, desc="train", disable=None if is_main else True
         )
         with metrics_path.open("a") if is_main else open(os.devnull, "w") as metrics:
-            t_last = time.perf_counter()
+            t_window = time.perf_counter()
             while step < total_steps:
+                t_fetch = time.perf_counter()
                 batch = next(it)
-                t_data = time.perf_counter() - t_last
+                t_data = time.perf_counter() - t_fetch  # blocked on the loader, nothing else
                 worker_stats[batch["worker"]] = batch["stats"]
                 lr = lr_at(step, args.lr, args.warmup, total_steps)
                 for g in optimizer.param_groups:
@@ -549,19 +702,18 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                             out["image_features"], out["text_features"], out["logit_scale"]
                         )
                 # The global batch's loss: local-loss halves averaged over ranks. Every rank
-                # checks the same reduced value, so all stop (or skip) together, never hang.
+                # checks the same reduced value at the same step, so all stop (or skip)
+                # together and none waits forever in a collective.
                 reported = loss.detach().float().clone()
                 if world_size > 1:
                     dist.all_reduce(reported)
                     reported /= world_size
-                finite = bool(torch.isfinite(reported))
+                check = LossCheck(reported, step, batch, rank)
+                # stop: no host sync here; this step's check is read after the next step is
+                # queued (or at the next line, evaluation or checkpoint, below).
+                finite = check.finite() if args.on_nan == "skip" else True
                 if not finite:
-                    where = (
-                        f"step {step}: loss is {reported.item()} on batch {batch['batch']} "
-                        f"(rank {rank}, keys {batch['keys'][0]}..{batch['keys'][-1]})"
-                    )
-                    if args.on_nan == "stop":
-                        raise NonFiniteLossError(f"{where}; lower --lr or check data")
+                    where = check.where()
                     in_a_row += 1
                     if in_a_row > args.max_nan_skips:
                         raise NonFiniteLossError(
@@ -585,47 +737,70 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                     with torch.no_grad():
                         # Clamped as in CLIP: an unbounded scale makes the softmax overflow.
                         model.logit_scale.clamp_(0, max_scale)
-                    last_loss = reported.item()
+                    last_reported = reported
+                if args.on_nan == "stop":
+                    # One step late: the previous step's forward finished long ago, so this
+                    # read does not wait for the work just queued.
+                    if pending is not None:
+                        stop_if_nonfinite(pending)
+                    pending = check
                 step += 1
-                dt = time.perf_counter() - t_last
-                t_last = time.perf_counter()
-                bar.update(1)
-                bar.set_postfix(loss=f"{last_loss:.3f}")
-                if not finite or step % args.log_every == 0 or step == total_steps:
-                    row: dict[str, Any] = {
+                log_now = not finite or step % args.log_every == 0 or step == total_steps
+                eval_now = bool(
+                    evaluator
+                    and args.eval_every
+                    and step % args.eval_every == 0
+                    and step != total_steps
+                )
+                save_now = step == total_steps or (args.save_every and step % args.save_every == 0)
+                if pending is not None and (log_now or eval_now or save_now):
+                    # Before a line, an evaluation or a checkpoint reads the loss or the
+                    # weights: none of them ever follows an update from a non-finite step.
+                    # On every rank (the ranks that do not write decide alike: same value).
+                    stop_if_nonfinite(pending)
+                    pending = None
+                row: dict[str, Any] = {}
+                if log_now:
+                    # The host syncs of this line, inside this step's time.
+                    row = {
                         "step": step,
                         "epoch": batch["epoch"],
                         "loss": reported.item() if finite else None,  # JSON has no NaN
                         "lr": lr,
                         "logit_scale": model.logit_scale.exp().item(),
-                        "samples_per_s": len(batch["keys"]) / dt,
-                        "data_time": t_data,  # blocked on the loader: compare with step_time
-                        "step_time": dt,
-                        "nan_skips": skipped,
                     }
-                    if not finite:
-                        row["skipped"] = True
                     if scaler is not None:
                         row["grad_scale"] = scaler.get_scale()
+                now = time.perf_counter()
+                window_steps += 1
+                window_samples += len(batch["keys"])
+                window_data += t_data
+                bar.update(1)
+                if log_now:
+                    elapsed = now - t_window
+                    row["samples_per_s"] = window_samples / elapsed
+                    # Both means over the steps since the last line: compare the two.
+                    row["data_time"] = window_data / window_steps
+                    row["step_time"] = elapsed / window_steps
+                    row["nan_skips"] = skipped
+                    if not finite:
+                        row["skipped"] = True
+                    else:
+                        bar.set_postfix(loss=f"{row['loss']:.3f}")
+                    window_steps, window_samples, window_data = 0, 0, 0.0
+                    t_window = now
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
                     if writer is not None:
                         for key, value in row.items():
                             if isinstance(value, int | float) and key != "step":
                                 writer.add_scalar(f"train/{key}", value, step)
-                if (
-                    is_main
-                    and evaluator
-                    and args.eval_every
-                    and step % args.eval_every == 0
-                    and step != total_steps
-                ):
+                if is_main and eval_now:
                     # Only rank 0 evaluates; other ranks wait for it at the next collective.
                     ev = evaluator.run(model, preprocess_val, tokenizer, device)
                     with (output / "zeroshot.jsonl").open("a") as f:
                         f.write(json.dumps({"step": step, **ev}) + "\n")
                     _write_eval_scalars(writer, ev, step)
-                save_now = step == total_steps or (args.save_every and step % args.save_every == 0)
                 if is_main and save_now:
                     state = {
                         "model": model.state_dict(),
@@ -653,6 +828,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                         state["scaler"] = scaler.state_dict()
                     save_checkpoint(output / "checkpoints" / f"step_{step:08d}.pt", state)
         bar.close()
+        last_loss = float(last_reported.item()) if last_reported is not None else math.nan
         if not is_main:
             return {"steps": step, "loss": last_loss, "rank": rank}
         write_curves(metrics_path, output / "curves.png")
@@ -667,6 +843,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
             "loss": last_loss,
             "skipped_steps": skipped,
             "samples_in_shards": plan.samples,
+            "threads": torch.get_num_threads(),
+            "optimizer_impl": optimizer_impl,
         }
         if evaluator:
             ev = evaluator.run(

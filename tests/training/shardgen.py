@@ -50,6 +50,7 @@ def write_shards(
     seed: int = 0,
     corrupt_every: int = 0,
     write_stats: bool = True,
+    image_size: int = 32,
 ) -> list[str]:
     """Writes ``root/NNNNN.tar`` (+ stats JSON); returns every key written."""
     root.mkdir(parents=True, exist_ok=True)
@@ -62,7 +63,7 @@ def write_shards(
             for i in range(per_shard):
                 key = f"{sid:05d}{i:04d}"
                 colour = r.choice(names)
-                image = make_image(r.randrange(1 << 30), colour)
+                image = make_image(r.randrange(1 << 30), colour, image_size)
                 if corrupt_every and i % corrupt_every == 0:
                     image = image[: len(image) // 3]  # truncated JPEG: decodes with an error
                 else:
@@ -82,13 +83,13 @@ def write_shards(
     return keys
 
 
-def eval_set(n: int, seed: int = 12345) -> tuple[list[bytes], list[int]]:
+def eval_set(n: int, seed: int = 12345, image_size: int = 32) -> tuple[list[bytes], list[int]]:
     """Held-out images (seeds disjoint from training) with their colour index."""
     r = random.Random(seed)
     names = list(COLOURS)
     images, labels = [], []
     for _ in range(n):
         c = r.randrange(len(names))
-        images.append(make_image(r.randrange(1 << 30) + (1 << 31), names[c]))
+        images.append(make_image(r.randrange(1 << 30) + (1 << 31), names[c], image_size))
         labels.append(c)
     return images, labels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
@@ -10,13 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
+from pipeline.shards.reader import TrainSample
 from tests.training.shardgen import write_shards
 from training import run
 from training.data import (
     ShardStream,
     TrainDataError,
+    decode_image,
     expand_braces,
     load_exclusions,
     plan_data,
@@ -220,3 +224,40 @@ def test_resample_with_nothing_usable_fails_instead_of_looping(tmp_path: Path) -
     stream = ShardStream(plan, 2, _to_tensor, list, exclude=frozenset(keys))
     with pytest.raises(TrainDataError, match=r"zero usable samples in 2 shard\(s\)"):
         _collect(stream, 1)
+
+
+def _encoded(size: tuple[int, int], fmt: str, mode: str = "RGB") -> TrainSample:
+    img = Image.new(mode, size, 128 if mode == "L" else (200, 40, 40))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return TrainSample(key="k", image=buf.getvalue(), ext=fmt.lower(), caption="c")
+
+
+def test_jpeg_draft_decodes_smaller_but_never_below_the_side() -> None:
+    big = _encoded((512, 384), "JPEG")
+    assert decode_image(big).size == (512, 384)
+    # libjpeg scales by 1/2, 1/4 or 1/8: the smallest that keeps both sides >= the side.
+    assert decode_image(big, 64).size == (128, 96)  # 1/4 (1/8 would give 48 < 64)
+    assert decode_image(big, 100).size == (256, 192)  # 1/2
+    assert decode_image(big, 200).size == (512, 384)  # 1/2 would give 192 < 200
+    grey = decode_image(_encoded((512, 512), "JPEG", "L"), 64)
+    assert (grey.size, grey.mode) == ((64, 64), "RGB")
+    assert decode_image(_encoded((40, 40), "JPEG"), 64).size == (40, 40)  # never upscaled
+    png = decode_image(_encoded((512, 384), "PNG"), 64)
+    assert (png.size, png.mode) == ((512, 384), "RGB")  # other formats decode as before
+
+
+def test_stream_decodes_with_the_draft_side_it_is_given(tmp_path: Path) -> None:
+    write_shards(tmp_path / "d", n_shards=1, per_shard=8, image_size=256)
+    plan = plan_data(str(tmp_path / "d"))
+
+    def sizes(draft_side: int | None) -> list[tuple[int, int]]:
+        # The transform passes the decoded size on as the "image" tensor.
+        stream = ShardStream(
+            plan, 4, lambda img: torch.tensor(img.size), list, draft_side=draft_side
+        )
+        batches = _collect(stream, 2, workers=1)
+        return [tuple(size.tolist()) for b in batches for size in b["images"]]
+
+    assert set(sizes(None)) == {(256, 256)}
+    assert set(sizes(64)) == {(64, 64)}  # 1/4 scale, in a DataLoader worker too

@@ -1,5 +1,6 @@
 """torchrun with 2 CPU processes (gloo): the loss matches one process on the same global
-batch, step by step, so gathering features and averaging gradients lose nothing."""
+batch, step by step, so gathering features and averaging gradients lose nothing; a NaN on
+one rank stops both at the same step."""
 
 from __future__ import annotations
 
@@ -54,14 +55,14 @@ def _reference_losses(spec: str) -> list[float]:
     return losses
 
 
-def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
-    write_shards(tmp_path / "d", n_shards=4, per_shard=30)
-    spec = str(tmp_path / "d")
-    out = tmp_path / "run"
+def _torchrun(
+    entry: list[str], spec: str, out: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "training.run", "--train-data", spec, "--output", str(out)]
+    cmd += [*entry, "--train-data", spec, "--output", str(out), "--log-every", "1"]
     cmd += ["--steps", str(STEPS), "--batch-size", str(BATCH), "--seed", str(SEED)]
     cmd += ["--lr", str(LR), "--warmup", str(WARMUP), "--threads", "1", "--weight-decay", "0.2"]
+    cmd += extra
     # CPU ranks even on a GPU machine: two ranks would need two GPUs there.
     env = {
         **os.environ,
@@ -69,7 +70,15 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
         "PYTHONPATH": str(REPO),
         "CUDA_VISIBLE_DEVICES": "",
     }
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    # A rank left waiting in a collective would hang: the timeout fails the test instead.
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
+    write_shards(tmp_path / "d", n_shards=4, per_shard=30)
+    spec = str(tmp_path / "d")
+    out = tmp_path / "run"
+    proc = _torchrun(["-m", "training.run"], spec, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # rank 0 alone writes
@@ -78,3 +87,37 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     assert got == pytest.approx(expected, rel=1e-4), (got, expected)
     assert len(set(got)) == STEPS  # the weights moved: gradients were synced, not just loss
     assert (out / "checkpoints" / f"step_{STEPS:08d}.pt").is_file()
+
+
+# training.run whose loss turns NaN on rank 1 alone at step 1 (the second forward pass).
+_NAN_ON_RANK_1 = """
+import sys
+from training import run
+
+real_make = run.make_loss
+
+def make(kind, rank=0, world_size=1):
+    real, calls = real_make(kind, rank, world_size), iter(range(10**6))
+    def loss(*a):
+        value = real(*a)
+        return value * float("nan") if next(calls) == 1 and rank == 1 else value
+    return loss
+
+run.make_loss = make
+sys.exit(run.main())
+"""
+
+
+def test_nan_on_one_rank_stops_both_at_the_same_step(tmp_path: Path) -> None:
+    # The check reads the loss averaged over ranks: rank 0's own loss stays finite, yet it
+    # stops at the same step as rank 1, so neither waits for the other in a collective.
+    # --log-every 10: no line before the end, so the check is read a step late.
+    write_shards(tmp_path / "d", n_shards=4, per_shard=30)
+    script = tmp_path / "nan_run.py"
+    script.write_text(_NAN_ON_RANK_1)
+    out = tmp_path / "run"
+    proc = _torchrun([str(script)], str(tmp_path / "d"), out, "--log-every", "10")
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        assert f"step 1: loss is nan on batch 1 (rank {rank}," in proc.stderr, proc.stderr[-3000:]
+    assert not (out / "checkpoints").exists()

@@ -1,13 +1,15 @@
 """The training options beyond the loop: epochs, amp, gradient checkpointing, compile,
-skipping non-finite steps, resampling, RNG states, TensorBoard, pinned memory, config."""
+non-finite steps (stop, skip), resampling, RNG states, TensorBoard, pinned memory, the
+AdamW kernels, threads, logging cadence, config."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from training.data import ShardStream, plan_data
 
 # One thread: on a busy 2-core host, intra-op threads spin and run ~3x slower.
 COMMON = ["--model", "tiny", "--batch-size", "16", "--threads", "1", "--shuffle-buffer", "50"]
-COMMON += ["--lr", "1e-3", "--warmup", "2", "--seed", "4"]
+COMMON += ["--lr", "1e-3", "--warmup", "2", "--seed", "4", "--log-every", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,12 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 def _ckpt(run_dir: Path, step: int) -> dict[str, Any]:
     return torch.load(run_dir / "checkpoints" / f"step_{step:08d}.pt", weights_only=True)
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    """``argv`` less ``flag`` and its value: the run gets the option's default."""
+    i = argv.index(flag)
+    return argv[:i] + argv[i + 2 :]
 
 
 def _resume_copy(src: Path, step: int, dst: Path) -> None:
@@ -180,8 +188,9 @@ def test_compile_backend_missing_fails_clearly(
     assert not (tmp_path / "r" / "metrics.jsonl").exists()  # failed before training
 
 
-def _loss_nan_on(calls: set[int] | None) -> Callable[..., Any]:
-    """make_loss whose real loss turns NaN on the given call numbers (all when None)."""
+def _loss_nan_on(calls: set[int] | None, made: list[int] | None = None) -> Callable[..., Any]:
+    """make_loss whose real loss turns NaN on the given call numbers (all when None);
+    ``made`` collects the call numbers, one per forward pass."""
     real_make = run.make_loss
 
     def make(kind: str, rank: int = 0, world_size: int = 1) -> Callable[..., torch.Tensor]:
@@ -191,6 +200,8 @@ def _loss_nan_on(calls: set[int] | None) -> Callable[..., Any]:
         def loss(*a: Any) -> torch.Tensor:
             value = real(*a)
             n = next(count)
+            if made is not None:
+                made.append(n)
             return value * float("nan") if calls is None or n in calls else value
 
         return loss
@@ -233,6 +244,170 @@ def test_on_nan_skip_stops_after_max_skips_in_a_row(
     assert "step 2: loss is nan" in err
     assert "3 non-finite losses in a row, more than --max-nan-skips 2" in err
     assert [r["nan_skips"] for r in _metrics(out)] == [1, 2]
+
+
+@pytest.mark.parametrize("nan_call", [2, 3])
+def test_on_nan_stop_reads_the_check_a_step_late_and_never_saves_the_update(
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    nan_call: int,
+) -> None:
+    # No metrics line before the end: only the checkpoints at steps 2, 4, 6 force a read.
+    made: list[int] = []
+    monkeypatch.setattr(run, "make_loss", _loss_nan_on({nan_call}, made))
+    out = tmp_path / "r"
+    argv = ["--train-data", str(shards), "--output", str(out), *COMMON, "--steps", "6"]
+    assert run.main([*argv, "--save-every", "2", "--log-every", "100"]) == 2
+    assert f"step {nan_call}: loss is nan on batch {nan_call} (rank 0" in capsys.readouterr().err
+    # Step 2's NaN is read after step 3 is queued; step 3's before step 4's checkpoint.
+    assert len(made) == 4
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt"]
+    assert all(torch.isfinite(w).all() for w in _ckpt(out, 2)["model"].values())
+    assert (out / "metrics.jsonl").read_text() == ""
+
+
+def test_default_log_every_writes_a_line_per_10_steps_with_mean_times(
+    shards: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "r"
+    argv = ["--train-data", str(shards), "--output", str(out), *COMMON, "--steps", "12"]
+    assert run.main(_without(argv, "--log-every")) == 0
+    rows = _metrics(out)
+    assert [r["step"] for r in rows] == [10, 12]  # every 10th step and the last
+    assert all(0 < r["data_time"] <= r["step_time"] for r in rows)
+    assert all(r["samples_per_s"] == pytest.approx(16 / r["step_time"]) for r in rows)
+    full = tmp_path / "full"
+    assert run.main([*argv, "--output", str(full)]) == 0  # --log-every 1: same losses
+    every = {r["step"]: r["loss"] for r in _metrics(full)}
+    assert [r["loss"] for r in rows] == pytest.approx([every[10], every[12]], rel=1e-6)
+    assert json.loads((out / "summary.json").read_text())["loss"] == rows[-1]["loss"]
+
+
+def _first_group(ckpt: dict[str, Any]) -> dict[str, Any]:
+    return ckpt["optimizer"]["param_groups"][0]
+
+
+def test_fused_adamw_matches_the_default_and_resumes_across_kernels(
+    shards: Path, tmp_path: Path
+) -> None:
+    base = ["--train-data", str(shards), *COMMON, "--steps", "6", "--save-every", "3"]
+    plain = tmp_path / "plain"
+    assert run.main([*base, "--output", str(plain), "--optimizer-impl", "default"]) == 0
+    fused = tmp_path / "fused"
+    assert run.main([*base, "--output", str(fused)]) == 0  # fused is the default
+    assert json.loads((fused / "summary.json").read_text())["optimizer_impl"] == "fused"
+    assert (_first_group(_ckpt(plain, 3))["fused"], _first_group(_ckpt(fused, 3))["fused"]) == (
+        None,
+        True,
+    )
+    a = [r["loss"] for r in _metrics(plain)]
+    assert [r["loss"] for r in _metrics(fused)] == pytest.approx(a, rel=1e-5)
+
+    # A checkpoint written by torch's default AdamW (as every run before fused was) resumes
+    # fused: same state keys; the kernels stay the ones asked for, not the saved flags.
+    resumed = tmp_path / "resumed"
+    _resume_copy(plain, 3, resumed)
+    assert run.main([*base, "--output", str(resumed), "--resume", "latest"]) == 0
+    assert [r["loss"] for r in _metrics(resumed)] == pytest.approx(a[3:], rel=1e-5)
+    end = _ckpt(resumed, 6)
+    assert _first_group(end)["fused"] is True
+    assert {float(s["step"]) for s in end["optimizer"]["state"].values()} == {6.0}
+    # And back: a fused checkpoint resumes with torch's default kernels.
+    back = tmp_path / "back"
+    _resume_copy(fused, 3, back)
+    argv = [*base, "--output", str(back), "--resume", "latest", "--optimizer-impl", "default"]
+    assert run.main(argv) == 0
+    assert [r["loss"] for r in _metrics(back)] == pytest.approx(a[3:], rel=1e-5)
+    assert _first_group(_ckpt(back, 6))["fused"] is None
+
+
+def test_fused_adamw_falls_back_where_the_device_has_none() -> None:
+    model = torch.nn.Linear(3, 2)
+    args = run.parse_args(["--train-data", "d", "--output", "o"])
+    optimizer, impl = run.make_optimizer(model, args, torch.device("meta"))
+    assert impl == f"default (no fused AdamW for meta in torch {torch.__version__})"
+    assert all(g["fused"] is None and g["foreach"] is None for g in optimizer.param_groups)
+    args.optimizer_impl = "foreach"
+    optimizer, impl = run.make_optimizer(model, args, torch.device("cpu"))
+    assert impl == "foreach" and optimizer.param_groups[0]["foreach"] is True
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="step placement differs on CUDA only")
+def test_adamw_state_moves_to_where_the_kernels_keep_it_on_cuda() -> None:
+    model = torch.nn.Linear(3, 2).cuda()
+
+    def stepped(**kernels: Any) -> torch.optim.Optimizer:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, **kernels)
+        model(torch.ones(1, 3, device="cuda")).sum().backward()
+        optimizer.step()
+        return optimizer
+
+    unfused, fused = stepped(), stepped(fused=True)
+    into_fused = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    run.load_optimizer_state(into_fused, unfused.state_dict())
+    assert all(s["step"].is_cuda for s in into_fused.state.values())
+    into_fused.step()  # the fused kernel takes the CPU-saved step counts once moved
+    into_plain = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    run.load_optimizer_state(into_plain, fused.state_dict())
+    assert all(not s["step"].is_cuda for s in into_plain.state.values())
+    assert into_plain.param_groups[0]["fused"] is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CPU path runs in every run")
+def test_loss_check_reads_a_cuda_flag_without_a_sync() -> None:
+    batch = {"batch": 7, "keys": ["a", "b"]}
+    ok = run.LossCheck(torch.tensor(1.5, device="cuda"), 7, batch, rank=0)
+    bad = run.LossCheck(torch.tensor(float("inf"), device="cuda"), 7, batch, rank=0)
+    assert ok.finite() is True and bad.finite() is False
+    assert bad.where() == "step 7: loss is inf on batch 7 (rank 0, keys a..b)"
+
+
+@pytest.fixture
+def restore_threads() -> Iterator[None]:
+    """A run sets torch's process-wide thread count: put the test process's back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_default_threads_follow_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run.default_threads(cores=2, ranks_on_host=1, workers=2) == 1  # never 0
+    assert run.default_threads(cores=16, ranks_on_host=2, workers=2) == 6
+    assert run.default_threads(cores=8, ranks_on_host=1, workers=0) == 8
+    assert run.default_threads(cores=8, ranks_on_host=4, workers=3) == 1
+    monkeypatch.setattr(run, "available_cores", lambda: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert run.choose_threads(3, "cpu", 2, 1) == (3, "--threads")
+    assert run.choose_threads(0, "cuda", 2, 1) == (None, "torch's default on cuda")
+    assert run.choose_threads(0, "cpu", 2, 1)[0] == 14
+    assert run.choose_threads(0, "cpu", 2, 4)[0] == 2  # no launcher count: all ranks here
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun's ranks on this host
+    threads, why = run.choose_threads(0, "cpu", 2, 4)
+    assert (threads, why) == (6, "auto: 16 core(s) // 2 rank(s) here - 2 worker(s)")
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.undo()
+        assert run.available_cores() == len(os.sched_getaffinity(0))
+
+
+def test_threads_set_in_the_run(
+    shards: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    restore_threads: None,
+) -> None:
+    monkeypatch.setattr(run, "available_cores", lambda: 3)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    argv = ["--train-data", str(shards), *COMMON, "--steps", "1"]
+    assert run.main([*_without(argv, "--threads"), "--output", str(tmp_path / "auto")]) == 0
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["threads"] == 3
+    assert "3 torch thread(s) (auto: 3 core(s) // 1 rank(s) here - 0 worker(s))" in (
+        capsys.readouterr().err
+    )
+    assert run.main([*argv, "--output", str(tmp_path / "set"), "--threads", "2"]) == 0
+    assert json.loads((tmp_path / "set" / "summary.json").read_text())["threads"] == 2
 
 
 def test_resample_run_with_one_shard_for_four_readers(tmp_path: Path) -> None:
@@ -323,6 +498,9 @@ def test_every_new_option_from_config_and_help(
         "max_nan_skips": 4,
         "resample": True,
         "tensorboard": True,
+        "optimizer_impl": "foreach",
+        "threads": 3,
+        "log_every": 5,
     }
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(options))
@@ -343,6 +521,13 @@ def test_every_new_option_from_config_and_help(
         assert flag in text
     for flag in ("--on-nan", "--max-nan-skips", "--resample", "--tensorboard"):
         assert flag in text
+    for flag in ("--optimizer-impl", "--threads", "--log-every", "at most one step after"):
+        assert flag in text
+    assert run.parse_args(["--train-data", "d", "--output", "o"]).log_every == 10
+    cfg.write_text(json.dumps({**options, "optimizer_impl": "adam"}))
+    with pytest.raises(SystemExit):
+        run.parse_args(["--config", str(cfg)])
+    assert "optimizer_impl='adam', not one of" in capsys.readouterr().err
 
 
 def test_gpu_check_summary_says_whether_the_loader_is_the_bottleneck() -> None:

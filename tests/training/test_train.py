@@ -13,18 +13,22 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.shards.reader import TrainSample
 from tests.training.shardgen import COLOURS, eval_set, write_shards
-from training import run, zeroshot
+from training import data, run, zeroshot
 from training.models import build
 
 # One thread: on a busy 2-core host, intra-op threads spin and run ~3x slower.
 COMMON = ["--model", "tiny", "--batch-size", "32", "--threads", "1", "--shuffle-buffer", "200"]
+COMMON += ["--log-every", "1"]  # a metrics line per step: the tests compare steps
+# 128 px JPEGs: the tiny model (32 px input) has them decoded at half scale, 64 px.
+IMAGE_SIZE, DRAFTED = 128, (64, 64)
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train") / "data"
-    write_shards(root, n_shards=4, per_shard=100, seed=0)
+    write_shards(root, n_shards=4, per_shard=100, seed=0, image_size=IMAGE_SIZE)
     return root
 
 
@@ -32,11 +36,23 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_tiny_model_learns_colours_zero_shot(shards: Path, tmp_path: Path) -> None:
+def test_tiny_model_learns_colours_zero_shot(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: set[tuple[int, int]] = set()
+    real_decode = data.decode_image
+
+    def spy(sample: TrainSample, draft_side: int | None = None) -> Image.Image:
+        img = real_decode(sample, draft_side)
+        decoded.add(img.size)
+        return img
+
+    monkeypatch.setattr(data, "decode_image", spy)  # no workers: the stream runs here
     out = tmp_path / "run"
     argv = ["--train-data", str(shards), "--output", str(out), *COMMON]
     argv += ["--steps", "150", "--lr", "2e-3", "--warmup", "10", "--seed", "1"]
     assert run.main(argv) == 0
+    assert decoded == {DRAFTED}  # trained on JPEG draft decodes, 2x the model's input side
     rows = _metrics(out)
     assert [r["step"] for r in rows] == list(range(1, 151))
     assert rows[-1]["loss"] < rows[0]["loss"]
@@ -46,7 +62,7 @@ def test_tiny_model_learns_colours_zero_shot(shards: Path, tmp_path: Path) -> No
     ckpt = torch.load(out / "checkpoints" / "step_00000150.pt", weights_only=True)
     model, _, preprocess, tokenizer = build("tiny")
     model.load_state_dict(ckpt["model"])
-    images, labels = eval_set(200)
+    images, labels = eval_set(200, image_size=IMAGE_SIZE)
     x = torch.stack([preprocess(Image.open(io.BytesIO(b)).convert("RGB")) for b in images])
     classifier = zeroshot.class_embeddings(model, tokenizer, list(COLOURS))
     result = zeroshot.classify(model, x, labels, classifier)
@@ -107,7 +123,8 @@ def test_nonfinite_loss_stops_with_step_and_batch(
 def test_config_file_supplies_options(shards: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "cfg.json"
     out = tmp_path / "run"
-    cfg.write_text(json.dumps({"train_data": str(shards), "output": str(out), "steps": 2}))
+    options = {"train_data": str(shards), "output": str(out), "steps": 2, "log_every": 1}
+    cfg.write_text(json.dumps(options))
     assert run.main(["--config", str(cfg), "--threads", "1"]) == 0
     assert len(_metrics(out)) == 2
 
