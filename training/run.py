@@ -240,7 +240,7 @@ def make_optimizer(model: Any, args: argparse.Namespace, device: Any) -> tuple[A
     """AdamW over ``param_groups`` with ``--optimizer-impl``'s kernels, and the one used.
 
     torch's default AdamW on CPU updates one tensor at a time: on the tiny model that was
-    60% of the step (27 ms, fused 3.4 ms; docs/_bench_train.md)."""
+    60% of the step (27 ms, fused 3.4 ms; docs/BENCHMARKS.md, training loop)."""
     import torch
 
     impl = args.optimizer_impl
@@ -277,7 +277,7 @@ def default_threads(cores: int, ranks_on_host: int, workers: int) -> int:
     """Intra-op threads for one CPU rank: its share of the host's cores less one for each
     data worker (a process decoding full time), at least one. More threads than free cores
     make them wait on each other at every barrier: on 2 cores with 2 workers, torch's
-    default of 2 ran at ~390 samples/s, 1 thread at ~640 (docs/_bench_train.md)."""
+    default of 2 ran at ~390 samples/s, 1 thread at ~640 (docs/BENCHMARKS.md, training loop)."""
     return max(1, cores // max(1, ranks_on_host) - workers)
 
 
