@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.overlap.evalsets import EvalSet, EvalSetError, load_eval_set, parse_eval_spec
+from pipeline.overlap.templates import read_templates
+from pipeline.overlap.zeroshot import predict_eval_set, write_predictions
 from pipeline.shards.reader import split_member_name
-from training import zeroshot
 from training.data import TrainDataError, resolve_shards
-from training.templates import read_templates
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -45,28 +45,6 @@ def load_zeroshot_sets(specs: Sequence[str]) -> list[EvalSet]:
         if not s.has_labels:
             raise EvalSetError(f"--zeroshot {s.name}: the set has no labels to score against")
     return sets
-
-
-def zeroshot_eval(
-    model: Any,
-    preprocess: Callable[[Any], Any],
-    tokenizer: Callable[[list[str]], Any],
-    eval_set: EvalSet,
-    templates: Sequence[str] | None = None,
-    device: Any = "cpu",
-    batch_size: int = 256,
-) -> tuple[dict[str, Any], list[int]]:
-    """(metrics, predicted class per item in ``eval_set.ids`` order; -1: undecodable).
-
-    The same computation as ``pipeline.overlap --checkpoint`` (``predict_eval_set``)."""
-    result = zeroshot.predict_eval_set(
-        model, preprocess, tokenizer, eval_set, templates, device, batch_size
-    )
-    return result.metrics, result.predictions.tolist()
-
-
-def write_zeroshot_predictions(path: Path, eval_set: EvalSet, preds: Sequence[int]) -> None:
-    zeroshot.write_predictions(path, list(eval_set.ids), list(preds))
 
 
 @dataclass(frozen=True)
@@ -220,12 +198,12 @@ class Evaluator:
     ) -> dict[str, Any]:
         result: dict[str, Any] = {"zeroshot": {}}
         for s in self.sets:
-            metrics, preds = zeroshot_eval(
-                model, preprocess, tokenizer, s, self.templates, device=device
-            )
+            # The same computation as ``pipeline.overlap --checkpoint``.
+            r = predict_eval_set(model, preprocess, tokenizer, s, self.templates, device)
+            metrics = r.metrics
             if predictions_dir is not None:
                 path = predictions_dir / f"{s.name}.csv"
-                write_zeroshot_predictions(path, s, preds)
+                write_predictions(path, s.ids, r.predictions)
                 metrics["predictions"] = str(path)
             result["zeroshot"][s.name] = metrics
         if self.pairs:

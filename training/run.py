@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.overlap.evalsets import EvalSetError
+from pipeline.overlap.templates import TemplatesError
 from training.data import ShardStream, TrainDataError, load_exclusions, plan_data
 from training.evaluate import Evaluator
 from training.models import ModelConfigError, available_models, build, input_side, load_config
-from training.templates import TemplatesError
 
 
 class NonFiniteLossError(RuntimeError):

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from pipeline.overlap.__main__ import main as overlap_main
 from pipeline.overlap.evalsets import load_eval_set, parse_eval_spec
 from pipeline.overlap.predictions import read_predictions
+from pipeline.overlap.templates import IMAGENET_TEMPLATES, read_templates, templates_for
 from tests.training.shardgen import COLOURS, make_image, write_shards
 from training import evaluate, run
-from training.templates import IMAGENET_TEMPLATES, read_templates, templates_for
 
 COMMON = ["--model", "tiny", "--batch-size", "32", "--threads", "1", "--shuffle-buffer", "200"]
 

@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.overlap import zeroshot
 from pipeline.shards.reader import TrainSample
 from tests.training.shardgen import COLOURS, eval_set, write_shards
-from training import data, run, zeroshot
+from training import data, run
 from training.models import build
 
 # One thread: on a busy 2-core host, intra-op threads spin and run ~3x slower.
