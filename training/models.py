@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.overlap.clip_models import OpenClipError, check_config
+
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 
@@ -28,15 +30,14 @@ def load_config(name: str) -> dict[str, Any]:
         raise ModelConfigError(
             f"--model {name}: no config {path}; available: {', '.join(available_models())}"
         )
-    cfg = json.loads(path.read_text())
-    text_cfg = cfg.get("text_cfg", {})
-    for key in ("hf_tokenizer_name", "hf_model_name"):
-        if text_cfg.get(key):
-            raise ModelConfigError(
-                f"--model {name}: text_cfg.{key}={text_cfg[key]!r} needs a Hugging Face "
-                "download, which this stage never does; use a CLIP-style text tower"
-            )
-    return cfg
+    try:
+        cfg = json.loads(path.read_text())
+    except ValueError as e:
+        raise ModelConfigError(f"--model {name}: {path} is not JSON: {e}") from None
+    try:  # the same offline checks as the overlap tool's model loader
+        return check_config(cfg, f"--model {name}")
+    except OpenClipError as e:
+        raise ModelConfigError(str(e)) from None
 
 
 def build(

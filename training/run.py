@@ -585,6 +585,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     evaluator = Evaluator.from_args(
         args.zeroshot or [], args.templates, args.val_data, args.val_max
     )
+    model_config = load_config(args.model)  # recorded in every checkpoint
     model, preprocess_train, preprocess_val, tokenizer = build(
         args.model, args.precision, grad_checkpointing=args.grad_checkpointing
     )
@@ -822,7 +823,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                         "skipped_steps": skipped,
                         "args": {k: v for k, v in vars(args).items() if k != "resume"},
                         "model_name": args.model,
-                        "model_config": load_config(args.model),
+                        "model_config": model_config,
                     }
                     if scaler is not None:
                         state["scaler"] = scaler.state_dict()
