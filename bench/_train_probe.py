@@ -22,16 +22,17 @@ def loader(settings: dict[str, Any]) -> dict[str, Any]:
     import torch
     from torch.utils.data import DataLoader
 
-    from training.data import ShardStream, plan_data
+    from training.data import ShardStream, plan_data, split_preprocess, to_model_input
     from training.models import build, input_side
 
     torch.manual_seed(settings["seed"])
     net, preprocess_train, _, tokenizer = build(settings["model"])
     plan = plan_data(settings["train_data"], workers=settings["workers"])
+    worker_transform, normalize = split_preprocess(preprocess_train)  # as training.run
     stream = ShardStream(
         plan,
         settings["batch_size"],
-        preprocess_train,
+        worker_transform,
         tokenizer,
         seed=settings["seed"],
         shuffle_buffer=settings["shuffle_buffer"],
@@ -46,6 +47,9 @@ def loader(settings: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     stamps, sizes = [], []
     for batch in batches:
+        # The normalization the trainer runs on the batch counts as loading here, so the
+        # probe compares with open_clip's loader, whose workers normalize each image.
+        to_model_input(batch["images"], torch.device("cpu"), normalize)
         stamps.append(time.perf_counter())
         sizes.append(len(batch["keys"]))
         if len(stamps) >= settings["batches"]:

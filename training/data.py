@@ -173,6 +173,62 @@ def decode_image(sample: TrainSample, draft_side: int | None = None) -> Any:
     return img.convert("RGB")
 
 
+class DeviceNormalize:
+    """The float conversion and normalization of a preprocess, run on whole batches where
+    the model is: ``images.float() / 255``, then ``(x - mean) / std``, the same operations
+    in the same order as ``ToTensor`` and ``Normalize`` apply them to one image."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._on: dict[Any, tuple[Any, Any]] = {}  # device -> (mean, std) shaped (1, C, 1, 1)
+
+    def __call__(self, images: Any, device: Any) -> Any:
+        import torch
+
+        x = images.to(device, non_blocking=True)
+        if x.dtype != torch.uint8:
+            raise TypeError(f"DeviceNormalize takes uint8 batches, got {x.dtype}")
+        if x.device not in self._on:
+            shape = (1, len(self.mean), 1, 1)
+            self._on[x.device] = (
+                torch.tensor(self.mean, device=x.device).view(shape),
+                torch.tensor(self.std, device=x.device).view(shape),
+            )
+        mean, std = self._on[x.device]
+        return x.float().div_(255).sub_(mean).div_(std)
+
+
+def split_preprocess(transform: Any) -> tuple[Callable[[Any], Any], DeviceNormalize | None]:
+    """open_clip's train preprocess as (what the data workers run, what runs on the batch).
+
+    A ``Compose`` ending in ``ToTensor`` (or open_clip's ``MaybeToTensor``) and
+    ``Normalize`` is cut before those two: the workers crop and resize, then hand over
+    uint8 pixels (``PILToTensor``), a quarter of the bytes through shared memory, pinned
+    memory and the bus, and the batch is normalized on the device in one pass (timm's
+    ``PrefetchLoader`` and FFCV do the same). Any other transform is kept whole, in the
+    workers, with ``None`` for the second part."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if (
+        len(steps) >= 2
+        and isinstance(transform, T.Compose)
+        and isinstance(steps[-2], T.ToTensor)
+        and type(steps[-1]) is T.Normalize
+        and not steps[-1].inplace
+    ):
+        norm = steps[-1]
+        return T.Compose([*steps[:-2], T.PILToTensor()]), DeviceNormalize(norm.mean, norm.std)
+    return transform, None
+
+
+def to_model_input(images: Any, device: Any, normalize: DeviceNormalize | None) -> Any:
+    """A batch from the stream as the model takes it, on ``device``."""
+    if normalize is None:
+        return images.to(device, non_blocking=True)
+    return normalize(images, device)
+
+
 class ShardStream(IterableDataset):
     """An endless stream of batches for one rank: an ``IterableDataset`` for DataLoader.
 

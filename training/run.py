@@ -21,7 +21,14 @@ from typing import Any
 
 from pipeline.overlap.evalsets import EvalSetError
 from pipeline.overlap.templates import TemplatesError
-from training.data import ShardStream, TrainDataError, load_exclusions, plan_data
+from training.data import (
+    ShardStream,
+    TrainDataError,
+    load_exclusions,
+    plan_data,
+    split_preprocess,
+    to_model_input,
+)
 from training.evaluate import Evaluator
 from training.models import ModelConfigError, available_models, build, input_side, load_config
 
@@ -633,10 +640,12 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
             f"torch thread(s) ({threads_why}), AdamW {optimizer_impl}",
             file=sys.stderr,
         )
+    # Workers crop and resize and hand over uint8; the batch is normalized on the device.
+    worker_transform, normalize = split_preprocess(preprocess_train)
     stream = ShardStream(
         plan,
         args.batch_size,
-        preprocess_train,
+        worker_transform,
         tokenizer,
         seed=args.seed,
         shuffle_buffer=args.shuffle_buffer,
@@ -683,7 +692,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                 lr = lr_at(step, args.lr, args.warmup, total_steps)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                images = batch["images"].to(device, non_blocking=True)
+                images = to_model_input(batch["images"], device, normalize)
                 texts = batch["texts"].to(device, non_blocking=True)
                 with torch.autocast(
                     device.type,

@@ -25,8 +25,10 @@ from training.data import (
     load_exclusions,
     plan_data,
     resolve_shards,
+    split_preprocess,
+    to_model_input,
 )
-from training.models import ModelConfigError, load_config
+from training.models import ModelConfigError, build, load_config
 
 
 def _to_tensor(img: object) -> torch.Tensor:
@@ -261,3 +263,60 @@ def test_stream_decodes_with_the_draft_side_it_is_given(tmp_path: Path) -> None:
 
     assert set(sizes(None)) == {(256, 256)}
     assert set(sizes(64)) == {(64, 64)}  # 1/4 scale, in a DataLoader worker too
+
+
+@pytest.mark.parametrize("name", ["tiny", "ViT-B-32"])
+def test_uint8_batches_normalized_on_the_device_equal_the_whole_preprocess(name: str) -> None:
+    _, preprocess, _, _ = build(name)
+    worker_part, normalize = split_preprocess(preprocess)
+    assert normalize is not None
+    noise = torch.Generator().manual_seed(0)
+    images = [  # noise, so a crop off by one pixel would show
+        Image.fromarray(
+            torch.randint(
+                0, 256, (260, 300 + 17 * i, 3), generator=noise, dtype=torch.uint8
+            ).numpy()
+        )
+        for i in range(3)
+    ]
+    torch.manual_seed(5)  # the same random crops for both paths
+    whole = torch.stack([preprocess(img) for img in images])
+    torch.manual_seed(5)
+    pixels = torch.stack([worker_part(img) for img in images])
+    assert pixels.dtype == torch.uint8  # a quarter of float32's bytes between processes
+    assert pixels.shape == whole.shape
+    moved = to_model_input(pixels, torch.device("cpu"), normalize)
+    assert moved.dtype == torch.float32
+    assert torch.allclose(moved, whole, atol=1e-6, rtol=0)
+    with pytest.raises(TypeError, match="uint8"):
+        normalize(whole, torch.device("cpu"))
+
+
+def test_preprocess_without_totensor_normalize_tail_stays_whole_in_the_workers() -> None:
+    from torchvision import transforms as T
+
+    def to_float(img: Image.Image) -> torch.Tensor:
+        return T.functional.to_tensor(img) * 2
+
+    for transform in (
+        T.Compose([T.Resize(8), T.Lambda(to_float)]),  # no Normalize at the end
+        T.Compose([T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3, inplace=True)]),
+        to_float,  # not a Compose at all
+    ):
+        worker_part, normalize = split_preprocess(transform)
+        assert worker_part is transform and normalize is None
+    batch = torch.rand(2, 3, 8, 8)
+    assert to_model_input(batch, torch.device("cpu"), None) is batch  # floats pass as they are
+
+
+def test_stream_hands_uint8_pixels_to_the_loop(tmp_path: Path) -> None:
+    write_shards(tmp_path / "d", n_shards=1, per_shard=8, image_size=64)
+    _, preprocess, _, tokenizer = build("tiny")
+    worker_part, normalize = split_preprocess(preprocess)
+    stream = ShardStream(plan_data(str(tmp_path / "d")), 4, worker_part, tokenizer)
+    (batch,) = _collect(stream, 1, workers=1)
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (4, 3, 32, 32)
+    images = to_model_input(batch["images"], torch.device("cpu"), normalize)
+    # Normalized with CLIP's mean and std: pixel 0 maps to about -1.8, 255 to about 2.1.
+    assert images.dtype == torch.float32 and -1.8 < images.mean() < 2.2
+    assert images.min() < 0 < images.max()
