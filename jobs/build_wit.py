@@ -1,8 +1,9 @@
 """spark-submit jobs/build_wit.py [options]: build a WIT-style dataset on Spark.
 
-With no source given it builds the demo: it serves the synthweb on loopback for the
-duration of the job, crawls it, and writes data/demo/. `python jobs/build_wit.py` starts a
-local session; under spark-submit the session (and --master) come from spark-submit.
+With no source given it builds the demo: it serves the synthweb on loopback (port 8766,
+so that every run selects the same pairs) for the duration of the job, crawls it, and
+writes data/demo/. `python jobs/build_wit.py` starts a local session; under spark-submit
+the session (and --master) come from spark-submit.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.demo import demo_config, demo_web
+    from pipeline.demo import DEMO_PORT, demo_config, demo_web
     from pipeline.spark.build import run_build
     from pipeline.spark.session import get_session
 
@@ -107,6 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if demo:
             with demo_web() as web:
+                if web.port != DEMO_PORT:
+                    print(
+                        f"note: port {DEMO_PORT} is taken, the demo web serves on {web.port}; "
+                        "balancing draws from a hash of each URL, so the selection differs "
+                        f"from a run on {DEMO_PORT}",
+                        file=sys.stderr,
+                    )
                 config = demo_config(config, web)
                 stats = run_build(spark, config)
         else:

@@ -20,15 +20,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 DEMO_SPEC_ARGS = {"seed": 0, "n_images": 200, "n_hosts": 4, "n_pages": 20, "stall_seconds": 8.0}
+# The build demo's port. Balancing draws each pair from a hash of its URL, and the URLs
+# hold the port: a fixed port makes every `make demo` select the same pairs. (Next to
+# `python -m pipeline.synthweb serve`'s 8765, so both can run at once.)
+DEMO_PORT = 8766
 
 
 @contextlib.contextmanager
-def demo_web(**spec_changes: Any) -> Iterator[Any]:
-    """The synthweb on loopback for the duration of a demo build, images made up front."""
+def demo_web(port: int = DEMO_PORT, **spec_changes: Any) -> Iterator[Any]:
+    """The synthweb on loopback for the duration of a demo build, images made up front.
+
+    Served on ``port`` when it is free on every host, else on a free one (``web.port``
+    tells which; the caller says so, since the demo's selection then differs)."""
     from pipeline.synthweb.server import SynthWeb
     from pipeline.synthweb.site import SiteSpec
 
-    with SynthWeb(SiteSpec(**{**DEMO_SPEC_ARGS, **spec_changes})) as web:
+    spec = SiteSpec(**{**DEMO_SPEC_ARGS, **spec_changes})
+    with SynthWeb(spec, port=port, fallback_port=True) as web:
         web.warm()
         yield web
 

@@ -248,8 +248,10 @@ class SynthWeb:
 
     ``SynthWeb(spec, port=0)`` binds 127.0.0.1..127.0.0.{n_hosts} on one port (port 0
     picks a free one, the same on every host) and serves from daemon threads until
-    ``stop()``. Bodies are generated on first request and cached; ``warm()`` makes them
-    all up front so a benchmark measures the engine, not the generator.
+    ``stop()``. A port that is taken on some host raises, unless ``fallback_port``: then
+    a free one is picked as for port 0 (``port`` tells which). Bodies are generated on
+    first request and cached; ``warm()`` makes them all up front so a benchmark measures
+    the engine, not the generator.
     """
 
     def __init__(
@@ -257,6 +259,8 @@ class SynthWeb:
         spec: SiteSpec | None = None,
         port: int = 0,
         host_addresses: Sequence[str] | None = None,
+        *,
+        fallback_port: bool = False,
     ) -> None:
         spec = spec if spec is not None else SiteSpec()
         addresses = (
@@ -279,7 +283,7 @@ class SynthWeb:
         self._connections: set[socket.socket] = set()
         # (time.monotonic(), host_index, path without query, User-Agent or None)
         self.request_log: list[tuple[float, int, str, str | None]] = []
-        self._servers = self._bind(addresses, port)
+        self._servers = self._bind(addresses, port, fallback_port)
         self.port: int = self._servers[0].server_port
         self._threads = [
             threading.Thread(
@@ -293,8 +297,9 @@ class SynthWeb:
         for t in self._threads:
             t.start()
 
-    def _bind(self, addresses: Sequence[str], port: int) -> list[_HostServer]:
-        """Bind every host on one port; with port 0, retry until a free number fits all."""
+    def _bind(self, addresses: Sequence[str], port: int, fallback: bool) -> list[_HostServer]:
+        """Bind every host on one port; with port 0 (or the asked port taken and
+        ``fallback``), retry until a free number fits all."""
         for _ in range(_BIND_ATTEMPTS):
             servers: list[_HostServer] = []
             try:
@@ -306,8 +311,9 @@ class SynthWeb:
             except OSError as e:
                 for s in servers:
                     s.server_close()
-                if port or e.errno != errno.EADDRINUSE:
+                if e.errno != errno.EADDRINUSE or (port and not fallback):
                     raise
+                port = 0
         raise OSError(errno.EADDRINUSE, f"no port free on all of {', '.join(addresses)}")
 
     # -- public -------------------------------------------------------------------------

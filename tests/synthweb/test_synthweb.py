@@ -479,6 +479,23 @@ def test_only_loopback_and_port_conflicts() -> None:
         SynthWeb(SiteSpec(n_images=0, n_hosts=2), port=first.port)
 
 
+def test_fallback_port_binds_the_asked_port_when_free_else_any_on_every_host() -> None:
+    spec = SiteSpec(n_images=0, n_hosts=2)
+    with SynthWeb(spec) as first:
+        port = first.port
+    with SynthWeb(spec, port=port, fallback_port=True) as web:  # free again
+        assert web.port == port
+    with socket.socket() as blocker:  # taken on the second host only
+        blocker.bind(("127.0.0.2", port))
+        blocker.listen()
+        with pytest.raises(OSError):
+            SynthWeb(spec, port=port)
+        with SynthWeb(spec, port=port, fallback_port=True) as web:
+            assert web.port != port
+            assert web.base_url(1) == f"http://127.0.0.2:{web.port}"
+            assert [get(web, k, "/robots.txt").status for k in range(2)] == [200, 200]
+
+
 # -- pages ------------------------------------------------------------------------------
 
 
