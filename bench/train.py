@@ -125,6 +125,11 @@ def torch_default_threads(a: argparse.Namespace) -> int:
     return int(out.strip())
 
 
+# The same AdamW for both: each trainer's default depends on the model (ours reads the
+# image tower, open_clip the name), so they are spelled out. Speed does not depend on them.
+ADAM = ["--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6"]
+
+
 def run_ours(
     data: str, out: Path, a: argparse.Namespace, seed: int, threads: int
 ) -> dict[str, Any]:
@@ -132,7 +137,7 @@ def run_ours(
         sys.executable, "-m", "training.run", "--train-data", data, "--output", str(out),
         "--model", a.model, "--batch-size", str(a.batch_size), "--steps", str(a.steps),
         "--workers", str(a.workers), "--lr", "5e-4", "--warmup", "10", "--weight-decay", "0.2",
-        "--precision", "fp32", "--log-every", "1", "--seed", str(seed),
+        "--precision", "fp32", "--log-every", "1", "--seed", str(seed), *ADAM,
         "--threads", str(threads),  # open_clip's count (OMP_NUM_THREADS): ours' auto ignores it
     ]  # fmt: skip
     wall, cpu, _ = _run(cmd, _env(False, a.threads), "training.run")
@@ -149,7 +154,7 @@ def run_open_clip(pattern: str, logs: Path, a: argparse.Namespace, seed: int) ->
         "--model", a.model, "--batch-size", str(a.batch_size), "--workers", str(a.workers),
         "--epochs", "1", "--device", "cpu", "--precision", "fp32", "--lr", "5e-4",
         "--warmup", "10", "--wd", "0.2", "--log-every-n-steps", "1", "--report-to", "",
-        "--logs", str(logs), "--name", "run", "--seed", str(seed),
+        "--logs", str(logs), "--name", "run", "--seed", str(seed), *ADAM,
     ]  # fmt: skip
     wall, cpu, _ = _run(cmd, _env(True, a.threads), "open_clip_train.main")
     step_s, data_s = [], []

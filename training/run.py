@@ -10,12 +10,14 @@ and batch named, or with --on-nan skip drops that update.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,8 @@ DEFAULTS: dict[str, Any] = {
     "max_nan_skips": 10,
     "resample": False,
     "tensorboard": False,
+    "accum_freq": 1,
+    "grad_clip_norm": 0.0,
 }
 DEFAULT_STEPS = 100  # when neither --steps nor --epochs is given
 
@@ -94,6 +98,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup", type=int, help="linear warmup steps before the cosine decay")
     p.add_argument("--weight-decay", type=float, help="AdamW decay (not on gains/biases/scale)")
+    p.add_argument("--beta1", type=float, help="AdamW beta1 (default 0.9, as CLIP and open_clip)")
+    p.add_argument(
+        "--beta2",
+        type=float,
+        help="AdamW beta2 (default as CLIP's paper and open_clip: 0.98 for a ViT image tower, "
+        "0.999 for a ResNet)",
+    )
+    p.add_argument(
+        "--eps", type=float, help="AdamW epsilon (default 1e-6 for a ViT, 1e-8 for a ResNet)"
+    )
+    p.add_argument(
+        "--grad-clip-norm",
+        type=float,
+        help="clip the gradients' global L2 norm to this (0, the default: no clipping); "
+        "metrics.jsonl then records grad_norm, the norm before clipping",
+    )
+    p.add_argument(
+        "--accum-freq",
+        type=int,
+        help="micro-batches per optimizer step (default 1): the contrastive loss is over all "
+        "of them (--batch-size x K x ranks negatives) at one micro-batch's activation memory. "
+        "Features are first computed without gradients, then each micro-batch is run again "
+        "with them (GradCache, open_clip's --accum-freq): about 1.3x the compute per sample",
+    )
     p.add_argument(
         "--optimizer-impl",
         choices=["fused", "foreach", "default"],
@@ -210,12 +238,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.steps = DEFAULT_STEPS
     if not args.train_data or not args.output:
         p.error("--train-data and --output are required (on the command line or in --config)")
-    for name in ("steps", "epochs", "max_nan_skips", "batch_size", "log_every"):
+    for name in ("steps", "epochs", "max_nan_skips", "batch_size", "log_every", "accum_freq"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, not {value}")
     if (args.threads or 0) < 0 or (args.workers or 0) < 0:
         p.error("--threads and --workers must be at least 0")
+    if args.grad_clip_norm < 0:
+        p.error(f"--grad-clip-norm must be at least 0, not {args.grad_clip_norm}")
+    for name in ("beta1", "beta2"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value < 1:
+            p.error(f"--{name} must be in [0, 1), not {value}")
+    if args.eps is not None and args.eps <= 0:
+        p.error(f"--eps must be above 0, not {args.eps}")
     return args
 
 
@@ -255,7 +291,19 @@ def make_optimizer(model: Any, args: argparse.Namespace, device: Any) -> tuple[A
         impl = f"default (no fused AdamW for {device.type} in torch {torch.__version__})"
     kwargs = {"fused": True} if impl == "fused" else {"foreach": True} if impl == "foreach" else {}
     groups = param_groups(model, args.weight_decay)
-    return torch.optim.AdamW(groups, lr=args.lr, **kwargs), impl
+    betas, eps = adam_params(args, getattr(model, "visual", None))
+    return torch.optim.AdamW(groups, lr=args.lr, betas=betas, eps=eps, **kwargs), impl
+
+
+def adam_params(args: argparse.Namespace, visual: Any) -> tuple[tuple[float, float], float]:
+    """AdamW's betas and epsilon: the flags, else CLIP's (paper, table 19; open_clip's
+    defaults): beta2 0.98 and eps 1e-6 for a ViT image tower, 0.999 and 1e-8 otherwise
+    (open_clip's ModifiedResNet)."""
+    resnet = type(visual).__name__ == "ModifiedResNet"
+    beta1 = 0.9 if args.beta1 is None else args.beta1
+    beta2 = (0.999 if resnet else 0.98) if args.beta2 is None else args.beta2
+    eps = (1e-8 if resnet else 1e-6) if args.eps is None else args.eps
+    return (beta1, beta2), eps
 
 
 def load_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
@@ -350,6 +398,44 @@ class LossCheck:
 def stop_if_nonfinite(check: LossCheck) -> None:
     if not check.finite():
         raise NonFiniteLossError(f"{check.where()}; lower --lr or check data")
+
+
+def accumulate_gradients(
+    net: Any,
+    inputs: list[tuple[Any, Any]],
+    cached: list[dict[str, Any]],
+    loss_of: Callable[[Any, Any, Any, bool], Any],
+    backward: Callable[[Any], None],
+    no_sync: Callable[[], Any],
+    autocast: Callable[[], Any],
+) -> None:
+    """The gradient of the contrastive loss over all micro-batches, one micro-batch's
+    activations at a time (GradCache; open_clip's ``--accum-freq``).
+
+    ``cached``: each micro-batch's features computed without gradients. Micro-batch ``j``
+    is run again with gradients and its features put in place of its cached ones, so each
+    backward pass adds the full loss's gradient through micro-batch ``j``; their sum is the
+    full batch's gradient. The logit scale (and SigLIP's bias) enter every pass but take a
+    gradient from the last one only: open_clip's loop adds theirs at every pass, K times
+    the full batch's. Under DDP all passes but the last skip the gradient all-reduce
+    (``no_sync``): one all-reduce per step, not K."""
+    import torch
+
+    image_f = [c["image_features"] for c in cached]
+    text_f = [c["text_features"] for c in cached]
+    for j, (images, texts) in enumerate(inputs):
+        last = j == len(inputs) - 1
+        with contextlib.nullcontext() if last else no_sync():
+            with autocast():
+                out = net(images, texts)
+                scale = out["logit_scale"] if last else out["logit_scale"].detach()
+                loss = loss_of(
+                    torch.cat([*image_f[:j], out["image_features"], *image_f[j + 1 :]]),
+                    torch.cat([*text_f[:j], out["text_features"], *text_f[j + 1 :]]),
+                    scale,
+                    last,
+                )
+            backward(loss)
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
@@ -577,12 +663,14 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         workers=args.workers,
         resample=args.resample,
     )
-    per_epoch = plan.batches_per_epoch(args.batch_size)
+    accum = args.accum_freq
+    per_epoch = plan.batches_per_epoch(args.batch_size) // accum  # optimizer steps
     if args.epochs:
         if per_epoch == 0:
             raise TrainDataError(
                 f"--epochs {args.epochs}: {plan.samples} samples in the shards are fewer than "
-                f"one global batch ({args.batch_size} x {world_size} rank(s)); use --steps"
+                f"one global batch ({args.batch_size} x {accum} micro-batch(es) x "
+                f"{world_size} rank(s)); use --steps"
             )
         total_steps = args.epochs * per_epoch
     else:
@@ -610,7 +698,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     scaler = torch.amp.GradScaler(device.type) if args.precision == "amp" else None
     autocast_dtype = {"bf16": torch.bfloat16, "amp": torch.float16}.get(args.precision)
 
-    start = 0
+    start = 0  # the first optimizer step
+    start_batch = 0  # the stream's first batch: start x accum, unless --accum-freq changed
     skipped = 0  # steps whose update was dropped for a non-finite loss (--on-nan skip)
     if args.resume:
         path = find_latest(output) if args.resume == "latest" else Path(args.resume)
@@ -622,13 +711,16 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         elif scaler is not None:
             print(f"training.run: {path} has no amp scaler state: a fresh one", file=sys.stderr)
         set_rng_state(ckpt["rng"], device.index if world_size > 1 else None)
-        start = ckpt["data"]["next_batch"]
+        data = ckpt["data"]
+        start_batch = data["next_batch"]  # the data continue where they stopped
+        start = data.get("next_step", start_batch)  # checkpoints before --accum-freq: equal
         skipped = ckpt.get("skipped_steps", 0)
-        saved_per_epoch = ckpt["data"].get("batches_per_epoch", per_epoch)
-        if saved_per_epoch != per_epoch:
+        saved_per_epoch = data.get("batches_per_epoch", per_epoch * accum)
+        if saved_per_epoch != per_epoch * accum:
             print(
-                f"training.run: {path} was written with {saved_per_epoch} steps per epoch, "
-                f"now {per_epoch} (data, batch size or ranks changed): the data order differs",
+                f"training.run: {path} was written with {saved_per_epoch} batches per epoch, "
+                f"now {per_epoch * accum} (data, batch size, --accum-freq or ranks changed): "
+                "the data order differs",
                 file=sys.stderr,
             )
         print(f"resumed from {path} at step {start}", file=sys.stderr)
@@ -636,7 +728,9 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     if is_main:  # said once every check has passed
         print(
             f"training.run: {plan.samples} samples in {len(plan.shards)} shard(s), "
-            f"{per_epoch} steps per epoch, {total_steps} steps; {torch.get_num_threads()} "
+            f"{per_epoch} steps per epoch, {total_steps} steps"
+            + (f" of {accum} micro-batches" if accum > 1 else "")
+            + f"; {torch.get_num_threads()} "
             f"torch thread(s) ({threads_why}), AdamW {optimizer_impl}",
             file=sys.stderr,
         )
@@ -650,8 +744,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         seed=args.seed,
         shuffle_buffer=args.shuffle_buffer,
         exclude=exclude,
-        start_batch=start,
-        epoch_batches=per_epoch,
+        start_batch=start_batch,
+        epoch_batches=per_epoch * accum,
         # 2x: the crop (>= 90% of the area in open_clip's train preprocess) and the
         # antialiased downscale keep a margin of real pixels.
         draft_side=2 * input_side(model),
@@ -659,14 +753,33 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     loader = make_loader(stream, args.workers, device)
     # Same init on every rank (same seed); DDP also broadcasts rank 0's weights.
     net = model
+    no_sync: Callable[[], Any] = contextlib.nullcontext
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        no_sync = net.no_sync
     if args.compile:
         # Compiled after DDP (torch's advice); `model` stays the plain module, so the
         # checkpoints hold its weights without the wrapper's `_orig_mod.` prefix.
         net = torch.compile(net, backend=args.compile_backend)
     max_scale = math.log(100)
+
+    def autocast() -> Any:
+        return torch.autocast(
+            device.type,
+            dtype=autocast_dtype or torch.bfloat16,
+            enabled=autocast_dtype is not None,
+        )
+
+    def loss_of(image_features: Any, text_features: Any, scale: Any, bias_grad: bool) -> Any:
+        if args.loss == "siglip":
+            bias = model.logit_bias if bias_grad else model.logit_bias.detach()
+            return loss_fn(image_features, text_features, scale, bias)
+        return loss_fn(image_features, text_features, scale)
+
+    def backward(loss: Any) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
     worker_stats: dict[int, dict[str, int]] = {}
     metrics_path = output / "metrics.jsonl"
     writer = writer_class(log_dir=str(output / "tensorboard")) if writer_class and is_main else None
@@ -685,31 +798,41 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         with metrics_path.open("a") if is_main else open(os.devnull, "w") as metrics:
             t_window = time.perf_counter()
             while step < total_steps:
-                t_fetch = time.perf_counter()
-                batch = next(it)
-                t_data = time.perf_counter() - t_fetch  # blocked on the loader, nothing else
-                worker_stats[batch["worker"]] = batch["stats"]
+                micro, t_data = [], 0.0
+                for _ in range(accum):
+                    t_fetch = time.perf_counter()
+                    micro.append(next(it))
+                    t_data += time.perf_counter() - t_fetch  # blocked on the loader alone
+                for b in micro:
+                    worker_stats[b["worker"]] = b["stats"]
+                batch = micro[-1]
                 lr = lr_at(step, args.lr, args.warmup, total_steps)
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-                images = to_model_input(batch["images"], device, normalize)
-                texts = batch["texts"].to(device, non_blocking=True)
-                with torch.autocast(
-                    device.type,
-                    dtype=autocast_dtype or torch.bfloat16,
-                    enabled=autocast_dtype is not None,
-                ):
-                    out = net(images, texts)
-                    if args.loss == "siglip":
-                        loss = loss_fn(
-                            out["image_features"],
-                            out["text_features"],
-                            out["logit_scale"],
-                            model.logit_bias,
+                inputs = [
+                    (
+                        to_model_input(b["images"], device, normalize),
+                        b["texts"].to(device, non_blocking=True),
+                    )
+                    for b in micro
+                ]
+                cached: list[dict[str, Any]] | None = None
+                if accum == 1:
+                    with autocast():
+                        out = net(*inputs[0])
+                        loss = loss_of(
+                            out["image_features"], out["text_features"], out["logit_scale"], True
                         )
-                    else:
-                        loss = loss_fn(
-                            out["image_features"], out["text_features"], out["logit_scale"]
+                else:
+                    # Features of every micro-batch, no graph kept: the loss of the whole
+                    # batch, known (and checked) before any backward pass.
+                    with torch.no_grad(), autocast():
+                        cached = [net(images, texts) for images, texts in inputs]
+                        loss = loss_of(
+                            torch.cat([c["image_features"] for c in cached]),
+                            torch.cat([c["text_features"] for c in cached]),
+                            cached[-1]["logit_scale"],
+                            True,
                         )
                 # The global batch's loss: local-loss halves averaged over ranks. Every rank
                 # checks the same reduced value at the same step, so all stop (or skip)
@@ -718,7 +841,15 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                 if world_size > 1:
                     dist.all_reduce(reported)
                     reported /= world_size
-                check = LossCheck(reported, step, batch, rank)
+                named = (
+                    micro[0]
+                    if accum == 1
+                    else {
+                        "batch": f"{micro[0]['batch']}..{micro[-1]['batch']}",
+                        "keys": [micro[0]["keys"][0], micro[-1]["keys"][-1]],
+                    }
+                )
+                check = LossCheck(reported, step, named, rank)
                 # stop: no host sync here; this step's check is read after the next step is
                 # queued (or at the next line, evaluation or checkpoint, below).
                 finite = check.finite() if args.on_nan == "skip" else True
@@ -737,12 +868,22 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                 else:
                     in_a_row = 0
                     optimizer.zero_grad(set_to_none=True)
+                    if cached is None:
+                        backward(loss)
+                    else:
+                        accumulate_gradients(
+                            net, inputs, cached, loss_of, backward, no_sync, autocast
+                        )
+                    if args.grad_clip_norm:
+                        if scaler is not None:
+                            scaler.unscale_(optimizer)  # clip the true gradients
+                        grad_norm = torch.nn.utils.clip_grad_norm_(
+                            model.parameters(), args.grad_clip_norm
+                        )
                     if scaler is not None:
-                        scaler.scale(loss).backward()
                         scaler.step(optimizer)  # skipped by the scaler itself on inf grads
                         scaler.update()
                     else:
-                        loss.backward()
                         optimizer.step()
                     with torch.no_grad():
                         # Clamped as in CLIP: an unbounded scale makes the softmax overflow.
@@ -781,9 +922,11 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                     }
                     if scaler is not None:
                         row["grad_scale"] = scaler.get_scale()
+                    if args.grad_clip_norm and finite:
+                        row["grad_norm"] = grad_norm.item()
                 now = time.perf_counter()
                 window_steps += 1
-                window_samples += len(batch["keys"])
+                window_samples += sum(len(b["keys"]) for b in micro)
                 window_data += t_data
                 bar.update(1)
                 if log_now:
@@ -824,10 +967,12 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                         "rng": rng_state(),
                         # The next global batch fixes the data; the epoch is said for people.
                         "data": {
-                            "next_batch": step,
+                            "next_batch": batch["batch"] + 1,
+                            "next_step": step,
+                            "accum_freq": accum,
                             "epoch": step // per_epoch,
-                            "batch_in_epoch": step % per_epoch,
-                            "batches_per_epoch": per_epoch,
+                            "step_in_epoch": step % per_epoch,
+                            "batches_per_epoch": per_epoch * accum,
                         },
                         "skipped_steps": skipped,
                         "args": {k: v for k, v in vars(args).items() if k != "resume"},

@@ -24,12 +24,15 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS, BATCH, SEED, LR, WARMUP = 3, 8, 5, 1e-3, 1
 
 
-def _reference_losses(spec: str) -> list[float]:
-    """One process, each step on rank 0's batch + rank 1's batch, as torchrun splits them."""
+def _reference_losses(spec: str, accum: int = 1) -> list[float]:
+    """One process, each step on rank 0's batches + rank 1's batches (``accum`` each), as
+    torchrun splits them."""
     torch.manual_seed(SEED)
     random.seed(SEED)
     model, preprocess, _, tokenizer = build("tiny")
-    optimizer = torch.optim.AdamW(run.param_groups(model, 0.2), lr=LR)
+    args = run.parse_args(["--train-data", spec, "--output", "unused", "--weight-decay", "0.2"])
+    args.lr = LR
+    optimizer, _ = run.make_optimizer(model, args, torch.device("cpu"))  # the run's AdamW
     loss_fn = run.make_loss("clip")
     streams = [
         iter(
@@ -41,7 +44,7 @@ def _reference_losses(spec: str) -> list[float]:
     ]
     losses = []
     for step in range(STEPS):
-        parts = [next(s) for s in streams]
+        parts = [next(s) for s in streams for _ in range(accum)]
         out = model(torch.cat([p["images"] for p in parts]), torch.cat([p["texts"] for p in parts]))
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         for g in optimizer.param_groups:
@@ -87,6 +90,20 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     assert got == pytest.approx(expected, rel=1e-4), (got, expected)
     assert len(set(got)) == STEPS  # the weights moved: gradients were synced, not just loss
     assert (out / "checkpoints" / f"step_{STEPS:08d}.pt").is_file()
+
+
+def test_two_gloo_processes_accumulating_match_one_process(tmp_path: Path) -> None:
+    # 2 ranks x 2 micro-batches of 8: every step's loss is over all 32 samples, and one
+    # all-reduce (the last pass's) sums the gradients of all four micro-batches.
+    write_shards(tmp_path / "d", n_shards=4, per_shard=30)
+    spec = str(tmp_path / "d")
+    out = tmp_path / "run"
+    proc = _torchrun(["-m", "training.run"], spec, out, "--accum-freq", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    expected = _reference_losses(spec, accum=2)
+    assert got == pytest.approx(expected, rel=1e-4), (got, expected)
+    assert len(set(got)) == STEPS
 
 
 # training.run whose loss turns NaN on rank 1 alone at step 1 (the second forward pass).

@@ -63,7 +63,14 @@ def test_epochs_set_the_step_count_and_resume_mid_epoch(shards: Path, tmp_path: 
     summary = json.loads((full / "summary.json").read_text())
     assert (summary["steps"], summary["epochs"]) == (12, 2.0)
     data = _ckpt(full, 9)["data"]
-    assert data == {"next_batch": 9, "epoch": 1, "batch_in_epoch": 3, "batches_per_epoch": 6}
+    assert data == {
+        "next_batch": 9,
+        "next_step": 9,
+        "accum_freq": 1,
+        "epoch": 1,
+        "step_in_epoch": 3,
+        "batches_per_epoch": 6,
+    }
 
     # Step 9 is odd: the DataLoader's worker 0 must play reader 1 after the resume.
     resumed = tmp_path / "resumed"
@@ -501,6 +508,11 @@ def test_every_new_option_from_config_and_help(
         "optimizer_impl": "foreach",
         "threads": 3,
         "log_every": 5,
+        "accum_freq": 4,
+        "grad_clip_norm": 1.0,
+        "beta1": 0.8,
+        "beta2": 0.95,
+        "eps": 1e-7,
     }
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps(options))
@@ -522,6 +534,8 @@ def test_every_new_option_from_config_and_help(
     for flag in ("--on-nan", "--max-nan-skips", "--resample", "--tensorboard"):
         assert flag in text
     for flag in ("--optimizer-impl", "--threads", "--log-every", "at most one step after"):
+        assert flag in text
+    for flag in ("--accum-freq", "--grad-clip-norm", "--beta1", "--beta2", "--eps"):
         assert flag in text
     assert run.parse_args(["--train-data", "d", "--output", "o"]).log_every == 10
     cfg.write_text(json.dumps({**options, "optimizer_impl": "adam"}))
