@@ -99,16 +99,33 @@ def count_samples(shard: Path) -> int:
     return sum(1 for _ in iter_shard(shard))
 
 
-def load_exclusions(path: str | Path) -> frozenset[str]:
-    """Keys from a Parquet file with a ``key`` column (decontaminate.parquet, dedup lists)."""
-    p = Path(path)
-    if not p.is_file():
-        raise TrainDataError(f"--exclude {p}: not found")
-    schema = pq.read_schema(p)
-    if "key" not in schema.names:
-        raise TrainDataError(f"--exclude {p}: no 'key' column (columns: {schema.names})")
-    keys = pq.read_table(p, columns=["key"]).column("key").to_pylist()
-    return frozenset(str(k) for k in keys if k is not None)
+# The column holding training keys in the files --exclude reads: ``key`` in the build's
+# dedup/duplicates.parquet and plain key lists, ``train_key`` in the overlap tool's
+# decontaminate.parquet.
+EXCLUDE_COLUMNS = ("key", "train_key")
+
+
+def load_exclusions(paths: str | Path | list[str] | list[Path]) -> frozenset[str]:
+    """Keys from one or more Parquet files: the build's ``dedup/duplicates.parquet``, the
+    overlap tool's ``decontaminate.parquet``, or any file with a ``key`` column."""
+    keys: set[str] = set()
+    for path in [paths] if isinstance(paths, str | Path) else paths:
+        p = Path(path)
+        if not p.is_file():
+            raise TrainDataError(f"--exclude {p}: not found")
+        try:
+            names = pq.read_schema(p).names
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise TrainDataError(f"--exclude {p}: not a Parquet file ({e})") from None
+        column = next((c for c in EXCLUDE_COLUMNS if c in names), None)
+        if column is None:
+            raise TrainDataError(
+                f"--exclude {p}: no {' or '.join(repr(c) for c in EXCLUDE_COLUMNS)} column "
+                f"(columns: {names})"
+            )
+        values = pq.read_table(p, columns=[column]).column(column).to_pylist()
+        keys.update(str(k) for k in values if k is not None)
+    return frozenset(keys)
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only the end)")
     p.add_argument("--resume", help="checkpoint path, or 'latest' in OUTPUT/checkpoints")
-    p.add_argument("--exclude", help="Parquet with a 'key' column: samples never trained on")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        metavar="FILE",
+        help="samples never trained on, repeatable: the overlap tool's decontaminate.parquet, "
+        "the build's dedup/duplicates.parquet, or any Parquet file with a 'key' column",
+    )
     p.add_argument("--seed", type=int, help="seed for init, shuffling and augmentation")
     p.add_argument("--shuffle-buffer", type=int, help="samples held for shuffling per worker")
     p.add_argument(
@@ -227,8 +233,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     f"not one of {list(action.choices)}"
                 )
         defaults.update(cfg)
+    # Repeatable options (--exclude, --zeroshot): one value or a list in the file, and
+    # flags replace the file's list rather than add to it, as for every other option.
+    lists = {a.dest for a in p._actions if isinstance(a, argparse._AppendAction)}
+    from_file = {}
+    for dest in lists & set(defaults):
+        value = defaults.pop(dest)
+        from_file[dest] = [value] if isinstance(value, str) else value
     p.set_defaults(**defaults)
     args = p.parse_args(argv)
+    for dest, value in from_file.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
     # The command line beats the config file: --epochs there drops the file's steps.
     if known.steps is not None:
         args.epochs = None

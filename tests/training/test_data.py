@@ -88,8 +88,34 @@ def test_excluded_keys_never_yielded(tmp_path: Path) -> None:
 def test_exclusion_file_needs_key_column(tmp_path: Path) -> None:
     path = tmp_path / "x.parquet"
     pq.write_table(pa.table({"id": ["a"]}), path)
-    with pytest.raises(TrainDataError, match="no 'key' column"):
+    with pytest.raises(TrainDataError, match="no 'key' or 'train_key' column"):
         load_exclusions(path)
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("key\na\n")  # a CSV under a Parquet name
+    with pytest.raises(TrainDataError, match=r"bad\.parquet: not a Parquet file"):
+        load_exclusions([bad])
+
+
+def test_exclusions_from_several_files_and_the_overlap_tools_column(tmp_path: Path) -> None:
+    dups, decontam = tmp_path / "duplicates.parquet", tmp_path / "decontaminate.parquet"
+    pq.write_table(pa.table({"key": ["a", "b", None], "duplicate_of": ["x", "y", "z"]}), dups)
+    pq.write_table(pa.table({"train_key": ["b", "c"], "eval_id": ["1", "2"]}), decontam)
+    assert load_exclusions([dups, decontam]) == {"a", "b", "c"}
+    assert load_exclusions(str(decontam)) == {"b", "c"}
+    args = run.parse_args(
+        ["--train-data", "d", "--output", "o", "--exclude", str(dups), "--exclude", str(decontam)]
+    )
+    assert args.exclude == [str(dups), str(decontam)]
+
+
+def test_repeatable_options_from_config_are_replaced_by_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"exclude": "a.parquet", "zeroshot": ["cifar10", "mnist"]}))
+    base = ["--train-data", "d", "--output", "o", "--config", str(cfg)]
+    args = run.parse_args(base)
+    assert (args.exclude, args.zeroshot) == (["a.parquet"], ["cifar10", "mnist"])
+    args = run.parse_args([*base, "--exclude", "b.parquet", "--zeroshot", "stl10"])
+    assert (args.exclude, args.zeroshot) == (["b.parquet"], ["stl10"])
 
 
 def test_corrupt_samples_skipped_and_counted(tmp_path: Path) -> None:
