@@ -363,7 +363,9 @@ def _timed(fn: Callable[[], dict]) -> tuple[float, float, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.extract", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--files", type=int, default=4, help="WARC (and WAT) files (default: 4)")
     p.add_argument("--pages", type=int, default=400, help="pages per file (default: 400)")
     p.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported")

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # spark-submit runs the file
 
 from pipeline.config import (
+    HELP,
     CliParser,
     ConfigError,
     add_setting_flags,
@@ -23,6 +24,19 @@ from pipeline.config import (
     load_settings,
 )
 from pipeline.sources.pairs import InputError
+
+# The download engine's `processes` (pipeline.download) has no use here: each shard is one
+# Spark task running the engine in one process. Accepted, with a note, so that one config
+# file serves both the download and this job.
+PROCESSES_HELP = (
+    "ignored: each shard is one Spark task, so the Spark master sets the parallelism "
+    "(--master local[N], spark-submit --master, executors and cores)"
+)
+PROCESSES_NOTE = (
+    "note: {given} is ignored on Spark: each shard is one Spark task; set the parallelism "
+    "with the Spark master (--master local[N], or spark-submit's --master, --num-executors, "
+    "--executor-cores)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,8 +77,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--master", default=None, help="Spark master when run with python (default: local[*])"
     )
-    add_setting_flags(p, BuildConfig, skip=("output", "warc", "pairs", "crawl", "queries"))
+    add_setting_flags(
+        p,
+        BuildConfig,
+        skip=("output", "warc", "pairs", "crawl", "queries"),
+        help_texts={**HELP, "processes": PROCESSES_HELP},
+    )
     return p
+
+
+def ignored_settings_note(args: argparse.Namespace) -> str | None:
+    """The note to print when ``processes`` is given (flag or config file), else None."""
+    if args.processes is not None:
+        return PROCESSES_NOTE.format(given="--processes")
+    if args.config and load_settings(args.config).get("processes") is not None:
+        return PROCESSES_NOTE.format(given=f"processes in {args.config}")
+    return None
 
 
 def config_from_args(args: argparse.Namespace) -> object:
@@ -100,9 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        note = ignored_settings_note(args)
     except (ConfigError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if note:
+        print(note, file=sys.stderr)
     demo = not (config.warc or config.pairs or config.crawl)
     spark = get_session("build_wit", master=args.master)
     try:

@@ -24,6 +24,9 @@ DEMO_SPEC_ARGS = {"seed": 0, "n_images": 200, "n_hosts": 4, "n_pages": 20, "stal
 # hold the port: a fixed port makes every `make demo` select the same pairs. (Next to
 # `python -m pipeline.synthweb serve`'s 8765, so both can run at once.)
 DEMO_PORT = 8766
+# This demo's output: a folder of its own, since it empties it first and `make demo` (the
+# build demo) writes data/demo.
+DOWNLOAD_DEMO_OUTPUT = "data/demo-download"
 
 
 @contextlib.contextmanager
@@ -76,21 +79,50 @@ def demo_config(config: Any, web: Any) -> Any:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.engine import ledger_rows, run_download, summary_text
-    from pipeline.synthweb.server import SynthWeb
-    from pipeline.synthweb.site import SiteSpec, reference_config
-
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--output", default="data/demo", help="output directory (default: data/demo)")
+    p.add_argument(
+        "--output",
+        default=DOWNLOAD_DEMO_OUTPUT,
+        help=f"output directory, emptied first (default: {DOWNLOAD_DEMO_OUTPUT})",
+    )
     p.add_argument(
         "--images", type=int, default=200, help="normal images on the site (default: 200)"
     )
     p.add_argument("--hosts", type=int, default=4, help="loopback hosts (default: 4)")
     p.add_argument("--processes", type=int, default=2, help="worker processes (default: 2)")
-    args = p.parse_args(argv)
+    return p
 
+
+# What this demo writes in its --output: the only things it may delete there.
+_DEMO_ENTRIES = frozenset({"pairs.parquet", "download"})
+
+
+def _foreign_entries(out: Path) -> list[str]:
+    """What ``out`` holds that this demo did not write (``out`` itself when it is a file)."""
+    if not out.exists():
+        return []
+    if not out.is_dir():
+        return [out.name]
+    return sorted(e.name for e in out.iterdir() if e.name not in _DEMO_ENTRIES)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline.engine import ledger_rows, run_download, summary_text
+    from pipeline.synthweb.server import SynthWeb
+    from pipeline.synthweb.site import SiteSpec, reference_config
+
+    args = build_parser().parse_args(argv)
     out = Path(args.output)
+    foreign = _foreign_entries(out)
+    if foreign:
+        print(
+            f"error: --output {out} holds what this demo did not write "
+            f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}), and the demo "
+            "empties its output first: give a new folder or one of its earlier outputs",
+            file=sys.stderr,
+        )
+        return 2
     if out.exists():
         import shutil
 

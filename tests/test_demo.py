@@ -1,14 +1,17 @@
 """The build demo's web (``make demo``): served on a fixed port, so that the balancing
-draw, a hash of each pair's URL, selects the same pairs on every run."""
+draw, a hash of each pair's URL, selects the same pairs on every run. And the download
+demo (``python -m pipeline.demo``), which empties its output: never the build demo's."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from pipeline.curate.balance import BalanceConfig, Balancer, EntryCounts, pair_key
-from pipeline.demo import DEMO_PORT, demo_web
+from pipeline.demo import DEMO_PORT, build_parser, demo_web, main
+from pipeline.spark.build import BuildConfig
 from pipeline.synthweb.server import SynthWeb
 from pipeline.synthweb.site import SiteSpec
 
@@ -65,3 +68,35 @@ def test_demo_web_moves_off_a_taken_port() -> None:
     ):
         assert web.port != other.port
         assert {urlsplit(r["url"]).port for r in web.pair_rows()} == {web.port}
+
+
+def test_download_demo_writes_apart_from_the_build_demo() -> None:
+    download_demo = Path(build_parser().parse_args([]).output).resolve()
+    build_demo = Path(BuildConfig().output).resolve()  # make demo's output
+    assert download_demo != build_demo
+    assert build_demo not in download_demo.parents and download_demo not in build_demo.parents
+
+
+def test_download_demo_refuses_to_empty_a_folder_it_did_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    build = tmp_path / "demo"  # a build demo's output
+    (build / "shards").mkdir(parents=True)
+    (build / "stats.json").write_text("{}")
+    assert main(["--output", str(build)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(
+        f"error: --output {build} holds what this demo did not write (shards, stats.json)"
+    )
+    assert (build / "stats.json").read_text() == "{}" and (build / "shards").is_dir()
+
+
+def test_download_demo_refuses_a_file_as_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    target = tmp_path / "notes.txt"
+    target.write_text("keep")
+    assert main(["--output", str(target)]) == 2
+    assert "holds what this demo did not write (notes.txt)" in capsys.readouterr().err
+    assert target.read_text() == "keep"

@@ -1,6 +1,7 @@
 """make gpu-check: train ViT-B-32 for a few hundred steps on one GPU from synthetic shards,
-then print samples/s, peak GPU memory, and the median data and step times (and write them
-to gpu_check.json): a data time near the step time means the loader is the bottleneck.
+then print samples/s, peak GPU memory, and the median data and step times (and with --out
+write them to gpu_check.json): a data time near the step time means the loader is the
+bottleneck.
 
 The shards are generated here (photo-like images with captions, the synthweb's
 generator), so the check needs no data and no network.
@@ -75,22 +76,59 @@ def make_shards(root: Path, n_shards: int, per_shard: int, size: int) -> None:
         writer.commit(rows, rows, stats)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m training.gpu_check", description=__doc__.splitlines()[0]
+DESCRIPTION = (
+    "Train a model (ViT-B-32 by default) for a few hundred steps on one GPU from synthetic "
+    "shards generated here, then print samples/s, peak GPU memory and the median data and "
+    "step times: a data time near the step time means the loader is the bottleneck. Needs "
+    "a CUDA device; no data and no network."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.gpu_check", description=DESCRIPTION)
+    p.add_argument(
+        "--workdir",
+        default="data/gpu-check",
+        help="where the shards (WORKDIR/data) and the run (WORKDIR/run) go; shards already "
+        "there are reused (default: data/gpu-check)",
     )
-    p.add_argument("--workdir", default="data/gpu-check", help="where shards and the run go")
-    p.add_argument("--model", default="ViT-B-32")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "amp"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor)")
-    p.add_argument("--workers", type=int, default=8, help="DataLoader worker processes")
-    p.add_argument("--shards", type=int, default=16)
-    p.add_argument("--per-shard", type=int, default=1024)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--out", default=None, help="also write gpu_check.json here")
-    args = p.parse_args(argv)
+    p.add_argument(
+        "--model",
+        default="ViT-B-32",
+        help="model config name in training/model_configs/ (default: ViT-B-32)",
+    )
+    p.add_argument("--steps", type=int, default=300, help="training steps (default: 300)")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per step (default: 256)")
+    p.add_argument(
+        "--precision",
+        default="bf16",
+        choices=["fp32", "bf16", "amp"],
+        help="fp32, bf16, or amp (float16 autocast with a gradient scaler) (default: bf16)",
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (inductor) (default: off)"
+    )
+    p.add_argument(
+        "--workers", type=int, default=8, help="DataLoader worker processes (default: 8)"
+    )
+    p.add_argument("--shards", type=int, default=16, help="synthetic shards (default: 16)")
+    p.add_argument("--per-shard", type=int, default=1024, help="images per shard (default: 1024)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=256,
+        help="side of the square synthetic images, in pixels (default: 256)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="also write the results to OUT/gpu_check.json (default: printed only)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import torch
 

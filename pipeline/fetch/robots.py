@@ -8,14 +8,14 @@ process of a run, and a resumed run, share one fetch per host.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import threading
 import time
 import urllib.robotparser
 from collections.abc import Callable
 from pathlib import Path
+
+from pipeline.shards.atomic import write_text_atomic
 
 MAX_ROBOTS_BYTES = 512_000
 MAX_AGE_S = 24 * 3600
@@ -74,11 +74,9 @@ class RobotsCache:
         path = self._path(origin)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"origin": origin, "fetched_at": time.time(), "rules": rules.text}, f)
-        os.replace(tmp, path)
+        saved = {"origin": origin, "fetched_at": time.time(), "rules": rules.text}
+        # A cache: a copy lost in a crash is fetched again, so no fsync.
+        write_text_atomic(path, json.dumps(saved), fsync=False)
 
     def get(self, origin: str, fetch: Callable[[], tuple[int | None, bytes | None]]) -> RobotsRules:
         """The rules for ``origin``; ``fetch`` returns (HTTP status or None, body)."""

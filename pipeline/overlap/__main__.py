@@ -96,7 +96,18 @@ def job_from_args(args: argparse.Namespace) -> OverlapJob:
     if args.precision is not None and args.threshold is not None:
         raise ConfigError("give --precision (calibrate a threshold) or --threshold, not both")
     settings = load_settings(args.config) if args.config else {}
-    settings.update(settings_from_args(args, OverlapConfig))
+    in_file = {k.replace("-", "_") for k, v in settings.items() if v is not None}
+    if {"precision", "threshold"} <= in_file:
+        raise ConfigError(
+            f"config file {args.config}: give precision (calibrate a threshold) or threshold, "
+            "not both"
+        )
+    flags = settings_from_args(args, OverlapConfig)
+    # Precision and threshold are one choice, and the command line's wins over the file's.
+    for given, other in (("precision", "threshold"), ("threshold", "precision")):
+        if given in flags:
+            settings = {k: v for k, v in settings.items() if k.replace("-", "_") != other}
+    settings.update(flags)
     config = build_config(OverlapConfig, settings)
     if args.checkpoint and args.predictions:
         raise ConfigError("give --predictions FILE or --checkpoint FILE, not both")

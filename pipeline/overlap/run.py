@@ -393,7 +393,6 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
         },
     )
-    log(f"report: {out / 'report.md'}")
     return OverlapReport(out, per_set, bonf, calibrations, result.counters.to_dict(), seconds)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.overlap.__main__ import main
+from pipeline.overlap.__main__ import build_parser, job_from_args, main
 from tests.overlap.conftest import Scenario
 from tests.overlap.layouts import write_cifar10, write_imagefolder
 
@@ -38,6 +38,8 @@ def test_a_run_from_the_command_line_with_a_config_file(
     assert code == 0, err
     assert "cifar10: 3 of 60 items overlap (5.00%), All - Clean +3.42%" in stdout
     assert "pets: 4 of 30 items overlap (13.33%)\n" in stdout  # no predictions: no accuracy
+    assert (stdout + err).count("report: ") == 1
+    assert stdout.endswith(f"report: {out / 'report.md'}\n")
     report = json.loads((out / "report.json").read_text())
     assert report["pets"]["acc_all"] is None and report["cifar10"]["threshold"] == pytest.approx(
         0.9
@@ -153,6 +155,12 @@ CASES: list[tuple[str, list[str], str]] = [
         r"give --precision \(calibrate a threshold\) or --threshold, not both",
     ),
     (
+        "precision and threshold in a config file",
+        ["--eval", "cifar10:{tmp}/c", "--config", "{tmp}/both.toml"],
+        r"config file .*both\.toml: give precision \(calibrate a threshold\) or threshold, "
+        r"not both$",
+    ),
+    (
         "infinite threshold",
         ["--eval", "cifar10:{tmp}/c", "--threshold", "inf"],
         r"threshold must be a finite similarity",
@@ -220,6 +228,7 @@ def test_fail_fast_with_one_clear_line(
     (tmp_path / "badcifar" / "test_batch.bin").write_bytes(b"\0" * 3000)
     (tmp_path / "badcifar" / "batches.meta.txt").write_text("a\n")
     (tmp_path / "bad.toml").write_text("colour = 'red'\n")
+    (tmp_path / "both.toml").write_text("[calibration]\nprecision = 0.9\nthreshold = 0.8\n")
     (tmp_path / "cols.csv").write_text("id,pred\n0,1\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--train" not in argv:
@@ -231,6 +240,27 @@ def test_fail_fast_with_one_clear_line(
     assert re.search(message, err), err
     assert out == ""
     assert not Path(base["out"]).exists(), "fail-fast paths must not write anything"
+
+
+@pytest.mark.parametrize(
+    ("in_file", "flags", "calibrate", "value"),
+    [
+        ("threshold = 0.9", ["--precision", "0.95"], True, 0.95),
+        ("precision = 0.95", ["--threshold", "0.8"], False, 0.8),
+        ("threshold = 0.9", [], False, 0.9),
+        ("precision = 0.95", [], True, 0.95),
+    ],
+)
+def test_the_command_line_chooses_between_precision_and_threshold_over_the_file(
+    in_file: str, flags: list[str], calibrate: bool, value: float, tmp_path: Path
+) -> None:
+    """``value`` is the precision calibrated to, or the threshold given."""
+    cfg = tmp_path / "overlap.toml"
+    cfg.write_text(in_file + "\n")
+    argv = ["--eval", "cifar10", "--train", str(tmp_path), "--out", str(tmp_path / "report")]
+    config = job_from_args(build_parser().parse_args([*argv, "--config", str(cfg), *flags])).config
+    assert config.calibrate is calibrate
+    assert (config.precision if calibrate else config.threshold) == value
 
 
 def test_missing_required_options_are_one_line(capsys: pytest.CaptureFixture) -> None:

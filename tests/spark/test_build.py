@@ -214,7 +214,8 @@ def test_balance_report_in_stats(built) -> None:
     assert report["max_per_query"] == 25
 
 
-def test_job_flags_conflict_is_one_error_line(capsys: pytest.CaptureFixture) -> None:
+def _build_job():
+    """jobs/build_wit.py as a module (jobs/ is not a package: spark-submit runs the file)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -222,8 +223,42 @@ def test_job_flags_conflict_is_one_error_line(capsys: pytest.CaptureFixture) -> 
     )
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
+    return job
+
+
+def test_job_flags_conflict_is_one_error_line(capsys: pytest.CaptureFixture) -> None:
+    job = _build_job()
     code = job.main(["--pairs", "x.parquet", "--queries", "q.txt", "--build-queries"])
     assert code == 2
     assert (
         capsys.readouterr().err.strip() == "error: --queries and --build-queries exclude each other"
     )
+
+
+class _SparkWouldStart(Exception):
+    pass
+
+
+@pytest.mark.parametrize("given", ["flag", "config file", "neither"])
+def test_job_notes_that_processes_is_ignored_on_spark(
+    given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    def no_spark(*args, **kwargs):
+        raise _SparkWouldStart
+
+    monkeypatch.setattr("pipeline.spark.session.get_session", no_spark)
+    cfg = tmp_path / "download.toml"
+    cfg.write_text("processes = 4\nthreads = 8\n" if given == "config file" else "threads = 8\n")
+    argv = ["--pairs", "x.parquet", "--config", str(cfg)]
+    if given == "flag":
+        argv += ["--processes", "4"]
+    with pytest.raises(_SparkWouldStart):  # the note comes before Spark starts
+        _build_job().main(argv)
+    err = capsys.readouterr().err
+    if given == "neither":
+        assert err == ""
+        return
+    named = "--processes" if given == "flag" else f"processes in {cfg}"
+    assert err.count("\n") == 1
+    assert err.startswith(f"note: {named} is ignored on Spark: each shard is one Spark task; ")
+    assert "--master local[N]" in err
