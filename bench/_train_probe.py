@@ -29,6 +29,8 @@ def loader(settings: dict[str, Any]) -> dict[str, Any]:
     net, preprocess_train, _, tokenizer = build(settings["model"])
     plan = plan_data(settings["train_data"], workers=settings["workers"])
     worker_transform, normalize = split_preprocess(preprocess_train)  # as training.run
+    if settings.get("float_in_workers"):  # before the uint8 hand-over: for comparison
+        worker_transform, normalize = preprocess_train, None
     stream = ShardStream(
         plan,
         settings["batch_size"],

@@ -249,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loader_open_clip": f"loader alone: open_clip `get_wds_dataset`, {w} workers",
         "loader_ours_0": "loader alone: ours, in process (one core)",
         "loader_open_clip_0": "loader alone: open_clip, in process (one core)",
+        "loader_float": f"loader alone: ours, float32 normalized in the workers, {w} workers",
+        "loader_float_0": "loader alone: ours, float32 normalized in the workers, in process",
         "model": "model alone: forward + loss + backward + AdamW (torch default)",
         "model_fused": "model alone, AdamW(fused=True)",
     }
@@ -276,13 +278,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"(data {100 * r['data_share']:4.1f}% of step time, start-up "
                       f"{r['startup_s']:4.1f} s, wall {r['wall_s']:5.1f} s)", flush=True)  # fmt: skip
             for workers in (w, 0):
-                for kind in order:
+                # "float": ours as before the uint8 hand-over (the workers convert and
+                # normalize each image, float32 crosses to the main process).
+                for kind in [*order, "float"]:
                     settings = {
-                        "train_data": ours_data if kind == "ours" else pattern,
+                        "train_data": pattern if kind == "open_clip" else ours_data,
                         "model": a.model, "batch_size": a.batch_size, "workers": workers,
                         "batches": a.loader_batches, "seed": seed, "shuffle_buffer": 1000,
+                        "float_in_workers": kind == "float",
                     }  # fmt: skip
-                    r = run_loader(kind, settings, a)
+                    r = run_loader("open_clip" if kind == "open_clip" else "ours", settings, a)
                     clocks[f"loader_{kind}{'' if workers == w else '_0'}"].append(r)
                     print(f"  repeat {rep + 1} loader {kind:<10} {workers} workers "
                           f"{r['samples_per_s']:7.1f} samples/s", flush=True)  # fmt: skip
@@ -337,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"open_clip {med['loader_open_clip'] / med['model']:.1f}x; with fused AdamW: ours "
           f"{med['loader_ours'] / med['model_fused']:.1f}x, open_clip "
           f"{med['loader_open_clip'] / med['model_fused']:.1f}x")  # fmt: skip
+    uint8 = {k: [o / f for o, f in zip(rate[f"loader_ours{k}"], rate[f"loader_float{k}"],
+                                     strict=True)] for k in ("", "_0")}  # fmt: skip
+    print(f"loader alone, uint8 hand-over / float32 in the workers, paired per repeat: {w} "
+          f"workers {', '.join(f'{x:.2f}' for x in uint8[''])}; in process "
+          f"{', '.join(f'{x:.2f}' for x in uint8['_0'])}")  # fmt: skip
 
     out = {
         "command": ("python -m bench.train " + " ".join(argv or [])).strip(),
@@ -355,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "samples_per_s_all_runs": rate,
         "ratio_ours_to_open_clip": med["ours"] / med["open_clip"],
         "ratio_ours_to_open_clip_paired": paired,
+        "ratio_loader_uint8_to_float_paired": uint8,
         "trainers_median": trainers,
         "model_phases_ms_median": phases,
         "runs": clocks,
