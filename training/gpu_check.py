@@ -10,6 +10,8 @@ generator), so the check needs no data and no network.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import shutil
 import statistics
@@ -40,25 +42,109 @@ def summarize(metrics: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     }
 
 
-def make_shards(root: Path, n_shards: int, per_shard: int, size: int) -> None:
-    """Our shard layout (tar + Parquet + ledger + stats), written as the engine writes it."""
-    import io
+# What make_shards records next to the shards it writes. Bump SHARDS_FORMAT when what a
+# shard holds changes (members, metadata, encoding); a change of the image generator
+# itself shows in the fingerprint of the first sample.
+SHARDS_MANIFEST = "synthetic_shards.json"
+SHARDS_FORMAT = 1
+JPEG_QUALITY = 90
 
-    from pipeline.shards.layout import OutputLayout, make_key
-    from pipeline.shards.writer import ShardWriter
+
+class ShardsError(Exception):
+    """The shard folder holds data that make_shards did not write: it is left alone."""
+
+
+def _sample(index: int, size: int) -> tuple[bytes, str]:
     from pipeline.synthweb.images import render_image
 
+    img, caption = render_image(index, size, size)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue(), caption
+
+
+def shards_settings(n_shards: int, per_shard: int, size: int) -> dict[str, Any]:
+    """What the shards are made with: reused only when every field is the same."""
+    image, caption = _sample(0, size)
+    fingerprint = hashlib.sha256(image + b"\0" + caption.encode("utf-8")).hexdigest()
+    return {
+        "format": SHARDS_FORMAT,
+        "shards": n_shards,
+        "per_shard": per_shard,
+        "image_size": size,
+        "jpeg_quality": JPEG_QUALITY,
+        "sample0_sha256": fingerprint,
+    }
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    if not settings:
+        return "an unreadable record"
+    return (
+        f"{settings.get('shards')} x {settings.get('per_shard')} images of "
+        f"{settings.get('image_size')} px (format {settings.get('format')}, "
+        f"sample 0 {str(settings.get('sample0_sha256'))[:12]})"
+    )
+
+
+def make_shards(root: Path, n_shards: int, per_shard: int, size: int) -> str:
+    """Our shard layout (tar + Parquet + ledger + stats), written as the engine writes it.
+
+    ``ROOT/synthetic_shards.json`` records the settings (count, images per shard, image
+    size, format, and a fingerprint of the generator's first sample). Shards made with the
+    same settings are reused (and an interrupted run is completed); shards made with other
+    settings are deleted and made again, so the data is always what the flags say. A
+    folder that holds files but no record is not ours to delete: ``ShardsError``.
+    Generation is deterministic: the same settings give byte-identical shards.
+    Returns "made", "reused", "completed" (reused, missing shards made) or "remade".
+    """
+    from pipeline.shards.atomic import write_text_atomic
+    from pipeline.shards.layout import OutputLayout, make_key
+    from pipeline.shards.writer import ShardWriter
+
     layout = OutputLayout(root)
+    manifest = root / SHARDS_MANIFEST
+    want = shards_settings(n_shards, per_shard, size)
+    outcome = "made"
+    if manifest.is_file():
+        try:
+            have = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            have = {}
+        if not isinstance(have, dict):
+            have = {}
+        if have == want:
+            outcome = "reused"
+        else:
+            print(
+                f"{root}: shards were made as {_describe(have)}, now {_describe(want)}: "
+                "making them again",
+                file=sys.stderr,
+                flush=True,
+            )
+            for d in (layout.shards_dir, layout.ledger_dir, layout.plan_dir, layout.tmp_dir):
+                shutil.rmtree(d, ignore_errors=True)
+            layout.stats_path.unlink(missing_ok=True)
+            manifest.unlink()
+            outcome = "remade"
+    elif root.exists() and any(root.iterdir()):
+        raise ShardsError(
+            f"{root} holds files but no {SHARDS_MANIFEST}: not shards made here with known "
+            f"settings (or made before they were recorded); remove it or choose another "
+            f"folder to make {_describe(want)}"
+        )
+    if outcome != "reused":
+        write_text_atomic(manifest, json.dumps(want, indent=2, sort_keys=True) + "\n")
     layout.make_dirs()
     for sid in range(n_shards):
         if layout.is_committed(sid):
             continue
+        if outcome == "reused":
+            outcome = "completed"
         writer = ShardWriter(layout, sid)
         rows = []
         for i in range(per_shard):
-            img, caption = render_image(sid * per_shard + i, size, size)
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=90)
+            image, caption = _sample(sid * per_shard + i, size)
             key = make_key(sid, i, per_shard)
             meta = {
                 "key": key,
@@ -67,13 +153,14 @@ def make_shards(root: Path, n_shards: int, per_shard: int, size: int) -> None:
                 "width": size,
                 "height": size,
             }
-            writer.add(key, "jpg", buf.getvalue(), caption, meta)
+            writer.add(key, "jpg", image, caption, meta)
             rows.append({"key": key, "shard": sid, "row_index": sid * per_shard + i, "url": None,
                          "caption": caption, "status": "success", "width": size, "height": size})  # fmt: skip
         stats = {"shard": sid, "count": per_shard, "successes": per_shard, "failed_to_download": 0,
                  "failed_to_resize": 0, "status_dict": {"success": per_shard}, "bytes_downloaded": 0,
                  "bytes_written": writer.bytes_written}  # fmt: skip
         writer.commit(rows, rows, stats)
+    return outcome
 
 
 DESCRIPTION = (
@@ -90,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workdir",
         default="data/gpu-check",
         help="where the shards (WORKDIR/data) and the run (WORKDIR/run) go; shards already "
-        "there are reused (default: data/gpu-check)",
+        "there are reused when made with the same --shards, --per-shard and --image-size, "
+        "and made again otherwise (default: data/gpu-check)",
     )
     p.add_argument(
         "--model",
@@ -137,9 +225,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     work = Path(args.workdir)
     t0 = time.perf_counter()
-    make_shards(work / "data", args.shards, args.per_shard, args.image_size)
+    try:
+        outcome = make_shards(work / "data", args.shards, args.per_shard, args.image_size)
+    except ShardsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(
-        f"shards: {args.shards} x {args.per_shard} images in {time.perf_counter() - t0:.0f}s",
+        f"shards: {args.shards} x {args.per_shard} images of {args.image_size} px, {outcome} "
+        f"in {time.perf_counter() - t0:.0f}s",
         flush=True,
     )
 

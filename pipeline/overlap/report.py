@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from pipeline.overlap.calibrate import Calibration
+from pipeline.shards.atomic import write_text_atomic
 
 
 def _fmt_pct(x: float | None, digits: int = 1, sign: bool = False) -> str:
@@ -30,10 +31,9 @@ def _fmt_p(p: float | None) -> str:
 
 
 def write_json(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """``obj`` as JSON, written to a unique temporary name and renamed (two writers of one
+    path never share a temporary file; readers see one whole file)."""
+    write_text_atomic(Path(path), json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def report_markdown(

@@ -16,6 +16,7 @@ torch is imported only inside the functions that need it.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 
 from pipeline.overlap.evalsets import EvalSet
 from pipeline.overlap.templates import SIMPLE_TEMPLATES, templates_for
+from pipeline.shards.atomic import write_bytes_atomic
 
 TOP_K = 5
 
@@ -177,15 +179,13 @@ def write_predictions(
 ) -> None:
     """A predictions file as ``pipeline.overlap --predictions`` reads it: ``.parquet``
     (id, prediction, and top5 when given) or CSV (id, prediction). Negative predictions
-    (undecodable images) are written empty. Written to a temporary name, then renamed."""
+    (undecodable images) are written empty. Written to a unique temporary name, then renamed."""
     preds = [int(p) for p in predictions]
     if len(ids) != len(preds):
         raise ValueError(f"{len(ids)} ids but {len(preds)} predictions")
     if top5 is not None and len(top5) != len(preds):
         raise ValueError(f"{len(preds)} predictions but {len(top5)} top-5 rows")
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
     if p.suffix.lower() == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -199,13 +199,17 @@ def write_predictions(
                 [row.tolist() if row[0] >= 0 else None for row in np.asarray(top5)],
                 pa.list_(pa.int64()),
             )
-        pq.write_table(pa.table(columns), tmp)
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table(columns), sink)
+        data = sink.getvalue().to_pybytes()
     else:
-        with tmp.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "prediction"])
-            w.writerows((i, v if v >= 0 else "") for i, v in zip(ids, preds, strict=True))
-    tmp.replace(p)
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(["id", "prediction"])
+        w.writerows((i, v if v >= 0 else "") for i, v in zip(ids, preds, strict=True))
+        data = text.getvalue().encode("utf-8")
+    # A unique temporary name, then a rename: two writers of one path never collide.
+    write_bytes_atomic(p, data)
 
 
 # ---------------------------------------------------------------------------------------------

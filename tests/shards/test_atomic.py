@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.download import main as download_main
 from pipeline.fetch.robots import RobotsCache
-from pipeline.shards.atomic import write_text_atomic
+from pipeline.shards.atomic import write_bytes_atomic, write_text_atomic
 from pipeline.shards.writer import write_json_atomic
 
 
@@ -48,6 +48,20 @@ def test_atomic_write_replaces_and_leaves_no_temporary_on_failure(tmp_path: Path
         write_text_atomic(target, 123)  # type: ignore[arg-type]
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]
+
+
+def test_atomic_bytes_have_the_mode_of_a_plain_write_and_leave_no_temporary(
+    umask: int, tmp_path: Path
+) -> None:
+    target = tmp_path / "preds.parquet"
+    write_bytes_atomic(target, b"old")
+    write_bytes_atomic(target, b"\x00new")
+    assert target.read_bytes() == b"\x00new"
+    assert _mode(target) == 0o666 & ~umask
+    with pytest.raises(TypeError):
+        write_bytes_atomic(target, "text")  # type: ignore[arg-type]
+    assert target.read_bytes() == b"\x00new"
+    assert [p.name for p in tmp_path.iterdir()] == ["preds.parquet"]
 
 
 def test_robots_copy_has_the_mode_of_a_plain_write(umask: int, tmp_path: Path) -> None:
