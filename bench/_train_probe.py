@@ -67,7 +67,8 @@ def model(settings: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from training.models import build
-    from training.run import make_loss, param_groups
+    from training.optim import param_groups
+    from training.run import make_loss
 
     torch.manual_seed(settings["seed"])
     net, _, _, tokenizer = build(settings["model"])

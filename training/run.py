@@ -23,6 +23,14 @@ from typing import Any
 
 from pipeline.overlap.evalsets import EvalSetError
 from pipeline.overlap.templates import TemplatesError
+from pipeline.shards.atomic import write_text_atomic
+from training.checkpoints import (
+    Position,
+    checkpoint_state,
+    find_latest,
+    restore,
+    save_checkpoint,
+)
 from training.data import (
     ShardStream,
     TrainDataError,
@@ -33,6 +41,11 @@ from training.data import (
 )
 from training.evaluate import Evaluator
 from training.models import ModelConfigError, available_models, build, input_side, load_config
+from training.optim import (
+    accumulate_gradients,
+    lr_at,
+    make_optimizer,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -271,79 +284,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    """No decay on gains, biases, embeddings' scale or the logit scale (open_clip's rule)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name
-        exclude = exclude or "logit_scale" in name or "logit_bias" in name
-        (no_decay if exclude else decay).append(p)
-    return [
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": decay, "weight_decay": weight_decay},
-    ]
-
-
-def fused_adamw_devices() -> list[str]:
-    """Device types with a fused AdamW kernel in this torch (CPU and CUDA since 2.4)."""
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-    except ImportError:  # a private helper: if a later torch moves it, the two we know
-        return ["cpu", "cuda"]
-    return list(_get_fused_kernels_supported_devices())
-
-
-def make_optimizer(model: Any, args: argparse.Namespace, device: Any) -> tuple[Any, str]:
-    """AdamW over ``param_groups`` with ``--optimizer-impl``'s kernels, and the one used.
-
-    torch's default AdamW on CPU updates one tensor at a time: on the tiny model that was
-    60% of the step (27 ms, fused 3.4 ms; docs/BENCHMARKS.md, training loop)."""
-    import torch
-
-    impl = args.optimizer_impl
-    if impl == "fused" and device.type not in fused_adamw_devices():
-        impl = f"default (no fused AdamW for {device.type} in torch {torch.__version__})"
-    kwargs = {"fused": True} if impl == "fused" else {"foreach": True} if impl == "foreach" else {}
-    groups = param_groups(model, args.weight_decay)
-    betas, eps = adam_params(args, getattr(model, "visual", None))
-    return torch.optim.AdamW(groups, lr=args.lr, betas=betas, eps=eps, **kwargs), impl
-
-
-def adam_params(args: argparse.Namespace, visual: Any) -> tuple[tuple[float, float], float]:
-    """AdamW's betas and epsilon: the flags, else CLIP's (paper, table 19; open_clip's
-    defaults): beta2 0.98 and eps 1e-6 for a ViT image tower, 0.999 and 1e-8 otherwise
-    (open_clip's ModifiedResNet)."""
-    resnet = type(visual).__name__ == "ModifiedResNet"
-    beta1 = 0.9 if args.beta1 is None else args.beta1
-    beta2 = (0.999 if resnet else 0.98) if args.beta2 is None else args.beta2
-    eps = (1e-8 if resnet else 1e-6) if args.eps is None else args.eps
-    return (beta1, beta2), eps
-
-
-def load_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
-    """A checkpoint's AdamW state into ``optimizer``, keeping ``optimizer``'s kernels.
-
-    torch's ``load_state_dict`` also copies the saved groups' ``fused`` and ``foreach``
-    flags, so a checkpoint from an unfused run would silently resume unfused (and a fused
-    one would ask for fused kernels where there are none). The flags are put back, and
-    each step count moved to where those kernels keep it: fused on the parameter's device,
-    otherwise a CPU scalar."""
-    import torch
-
-    kernels = [(g["fused"], g["foreach"]) for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, (fused, foreach) in zip(optimizer.param_groups, kernels, strict=True):
-        group["fused"], group["foreach"] = fused, foreach
-        on_device = bool(fused or group.get("capturable"))
-        for param in group["params"]:
-            saved = optimizer.state.get(param)
-            if saved and torch.is_tensor(saved.get("step")):
-                where = param.device if on_device else torch.device("cpu")
-                saved["step"] = saved["step"].to(dtype=torch.float32, device=where)
-
-
 def default_threads(cores: int, ranks_on_host: int, workers: int) -> int:
     """Intra-op threads for one CPU rank: its share of the host's cores less one for each
     data worker (a process decoding full time), at least one. More threads than free cores
@@ -411,122 +351,42 @@ class LossCheck:
         )
 
 
+class TimingWindow:
+    """The steps since the last metrics line: a line's times are means over all of them,
+    not just its own step (every step is counted in some line)."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.steps, self.samples, self.data_s = 0, 0, 0.0
+        self.start = time.perf_counter()
+
+    def add(self, samples: int, data_s: float) -> None:
+        """One step ended now: its samples and the time it waited for the loader."""
+        self.steps += 1
+        self.samples += samples
+        self.data_s += data_s
+        self.end = time.perf_counter()
+
+    def close(self) -> dict[str, float]:
+        """samples/s, data_time and step_time over the window, then a new window."""
+        elapsed = self.end - self.start
+        means = {
+            "samples_per_s": self.samples / elapsed,
+            # Both means over the same steps: compare the two.
+            "data_time": self.data_s / self.steps,
+            "step_time": elapsed / self.steps,
+        }
+        end = self.end
+        self.restart()
+        self.start = end
+        return means
+
+
 def stop_if_nonfinite(check: LossCheck) -> None:
     if not check.finite():
         raise NonFiniteLossError(f"{check.where()}; lower --lr or check data")
-
-
-def accumulate_gradients(
-    net: Any,
-    inputs: list[tuple[Any, Any]],
-    cached: list[dict[str, Any]],
-    loss_of: Callable[[Any, Any, Any, bool], Any],
-    backward: Callable[[Any], None],
-    no_sync: Callable[[], Any],
-    autocast: Callable[[], Any],
-) -> None:
-    """The gradient of the contrastive loss over all micro-batches, one micro-batch's
-    activations at a time (GradCache; open_clip's ``--accum-freq``).
-
-    ``cached``: each micro-batch's features computed without gradients. Micro-batch ``j``
-    is run again with gradients and its features put in place of its cached ones, so each
-    backward pass adds the full loss's gradient through micro-batch ``j``; their sum is the
-    full batch's gradient. The logit scale (and SigLIP's bias) enter every pass but take a
-    gradient from the last one only: open_clip's loop adds theirs at every pass, K times
-    the full batch's. Under DDP all passes but the last skip the gradient all-reduce
-    (``no_sync``): one all-reduce per step, not K."""
-    import torch
-
-    image_f = [c["image_features"] for c in cached]
-    text_f = [c["text_features"] for c in cached]
-    for j, (images, texts) in enumerate(inputs):
-        last = j == len(inputs) - 1
-        with contextlib.nullcontext() if last else no_sync():
-            with autocast():
-                out = net(images, texts)
-                scale = out["logit_scale"] if last else out["logit_scale"].detach()
-                loss = loss_of(
-                    torch.cat([*image_f[:j], out["image_features"], *image_f[j + 1 :]]),
-                    torch.cat([*text_f[:j], out["text_features"], *text_f[j + 1 :]]),
-                    scale,
-                    last,
-                )
-            backward(loss)
-
-
-def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warmup, then cosine decay to zero at ``total``."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * base_lr
-
-
-def find_latest(output: Path) -> Path:
-    ckpts = sorted((output / "checkpoints").glob("step_*.pt"))
-    if not ckpts:
-        raise FileNotFoundError(f"--resume latest: no checkpoints in {output / 'checkpoints'}")
-    return ckpts[-1]
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Temp file in the same folder, then rename: a killed save never leaves a torn file."""
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every generator the run draws from, as types ``torch.load(weights_only=True)`` reads."""
-    import numpy as np
-    import torch
-
-    # numpy's state tuple holds an ndarray: stored as plain ints and floats instead.
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": list(random.getstate()[1]),
-        "numpy": {
-            "keys": keys.tolist(),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any], cuda_device: int | None = None) -> None:
-    """Restores what ``rng_state`` saved. ``cuda_device``: restore only this device, from
-    the saver's first device (DDP ranks seed and draw alike, one device each)."""
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    if "numpy" in state:  # checkpoints from before numpy's state was saved lack it
-        n = state["numpy"]
-        keys = np.array(n["keys"], dtype=np.uint32)
-        np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    if "cuda" in state and torch.cuda.is_available():
-        saved = state["cuda"]
-        if cuda_device is None:
-            torch.cuda.set_rng_state_all(saved[: torch.cuda.device_count()])
-        elif saved:
-            torch.cuda.set_rng_state(saved[0], cuda_device)
-    elif "cuda" in state:
-        print("training.run: checkpoint has CUDA RNG states; no CUDA here", file=sys.stderr)
-
-
-def strip_compile_prefix(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """Weights saved from a torch.compile'd module carry ``_orig_mod.``: drop it."""
-    prefix = "_orig_mod."
-    return {k.removeprefix(prefix): v for k, v in state_dict.items()}
 
 
 def check_compile_backend(backend: str, device: Any) -> None:
@@ -719,24 +579,13 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     skipped = 0  # steps whose update was dropped for a non-finite loss (--on-nan skip)
     if args.resume:
         path = find_latest(output) if args.resume == "latest" else Path(args.resume)
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(strip_compile_prefix(ckpt["model"]))
-        load_optimizer_state(optimizer, ckpt["optimizer"])
-        if scaler is not None and "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        elif scaler is not None:
-            print(f"training.run: {path} has no amp scaler state: a fresh one", file=sys.stderr)
-        set_rng_state(ckpt["rng"], device.index if world_size > 1 else None)
-        data = ckpt["data"]
-        start_batch = data["next_batch"]  # the data continue where they stopped
-        start = data.get("next_step", start_batch)  # checkpoints before --accum-freq: equal
-        skipped = ckpt.get("skipped_steps", 0)
-        saved_per_epoch = data.get("batches_per_epoch", per_epoch * accum)
-        if saved_per_epoch != per_epoch * accum:
+        position = restore(path, model, optimizer, scaler, device.index if world_size > 1 else None)
+        start, start_batch, skipped = position.step, position.batch, position.skipped_steps
+        if position.batches_per_epoch not in (None, per_epoch * accum):
             print(
-                f"training.run: {path} was written with {saved_per_epoch} batches per epoch, "
-                f"now {per_epoch * accum} (data, batch size, --accum-freq or ranks changed): "
-                "the data order differs",
+                f"training.run: {path} was written with {position.batches_per_epoch} batches "
+                f"per epoch, now {per_epoch * accum} (data, batch size, --accum-freq or ranks "
+                "changed): the data order differs",
                 file=sys.stderr,
             )
         print(f"resumed from {path} at step {start}", file=sys.stderr)
@@ -805,14 +654,13 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         last_reported: Any = None  # the latest finite step's loss, read only when needed
         pending: LossCheck | None = None  # --on-nan stop: the step whose check is unread
         in_a_row = 0  # consecutive skipped steps
-        # Means since the last metrics line: its times cover every step, not just its own.
-        window_steps, window_samples, window_data = 0, 0, 0.0
+        window = TimingWindow()
         it = iter(loader)
         bar = tqdm(
             total=total_steps, initial=start, desc="train", disable=None if is_main else True
         )
         with metrics_path.open("a") if is_main else open(os.devnull, "w") as metrics:
-            t_window = time.perf_counter()
+            window.restart()
             while step < total_steps:
                 micro, t_data = [], 0.0
                 for _ in range(accum):
@@ -940,24 +788,15 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                         row["grad_scale"] = scaler.get_scale()
                     if args.grad_clip_norm and finite:
                         row["grad_norm"] = grad_norm.item()
-                now = time.perf_counter()
-                window_steps += 1
-                window_samples += sum(len(b["keys"]) for b in micro)
-                window_data += t_data
+                window.add(sum(len(b["keys"]) for b in micro), t_data)
                 bar.update(1)
                 if log_now:
-                    elapsed = now - t_window
-                    row["samples_per_s"] = window_samples / elapsed
-                    # Both means over the steps since the last line: compare the two.
-                    row["data_time"] = window_data / window_steps
-                    row["step_time"] = elapsed / window_steps
+                    row.update(window.close())
                     row["nan_skips"] = skipped
                     if not finite:
                         row["skipped"] = True
                     else:
                         bar.set_postfix(loss=f"{row['loss']:.3f}")
-                    window_steps, window_samples, window_data = 0, 0, 0.0
-                    t_window = now
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
                     if writer is not None:
@@ -971,32 +810,19 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                         f.write(json.dumps({"step": step, **ev}) + "\n")
                     _write_eval_scalars(writer, ev, step)
                 if is_main and save_now:
-                    state = {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": {
-                            "kind": "cosine",
-                            "step": step,
-                            "warmup": args.warmup,
-                            "total": total_steps,
+                    state = checkpoint_state(
+                        model,
+                        optimizer,
+                        scaler,
+                        Position(step, batch["batch"] + 1, skipped, per_epoch * accum),
+                        accum=accum,
+                        schedule={"warmup": args.warmup, "total": total_steps},
+                        extra={
+                            "args": {k: v for k, v in vars(args).items() if k != "resume"},
+                            "model_name": args.model,
+                            "model_config": model_config,
                         },
-                        "rng": rng_state(),
-                        # The next global batch fixes the data; the epoch is said for people.
-                        "data": {
-                            "next_batch": batch["batch"] + 1,
-                            "next_step": step,
-                            "accum_freq": accum,
-                            "epoch": step // per_epoch,
-                            "step_in_epoch": step % per_epoch,
-                            "batches_per_epoch": per_epoch * accum,
-                        },
-                        "skipped_steps": skipped,
-                        "args": {k: v for k, v in vars(args).items() if k != "resume"},
-                        "model_name": args.model,
-                        "model_config": model_config,
-                    }
-                    if scaler is not None:
-                        state["scaler"] = scaler.state_dict()
+                    )
                     save_checkpoint(output / "checkpoints" / f"step_{step:08d}.pt", state)
         bar.close()
         last_loss = float(last_reported.item()) if last_reported is not None else math.nan
@@ -1047,9 +873,7 @@ def _write_eval_scalars(writer: Any, ev: dict[str, Any], step: int) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.training.shardgen import write_shards
-from training import run
+from training import optim, run
 from training.data import ShardStream, plan_data
 from training.models import build, input_side
 
@@ -84,7 +84,7 @@ def test_accumulated_gradients_equal_the_full_batch_gradients(kind: str) -> None
         unsynced.append(len(passes))
         return contextlib.nullcontext()
 
-    run.accumulate_gradients(model, inputs, cached, loss_of, backward, no_sync, _autocast)
+    optim.accumulate_gradients(model, inputs, cached, loss_of, backward, no_sync, _autocast)
     assert unsynced == [0, 1]  # every pass but the last; the last all-reduces the sum
     assert cached_loss.item() == pytest.approx(full_loss.item(), rel=1e-5)
     assert passes == pytest.approx([full_loss.item()] * 3, rel=1e-5)  # each pass: the full loss
@@ -107,7 +107,7 @@ def _reference_losses(spec: str, batch: int, accum: int, steps: int) -> list[flo
     random.seed(3)
     model, preprocess, _, tokenizer = build("tiny")
     args = run.parse_args(["--train-data", spec, "--output", "unused", *COMMON])
-    optimizer, _ = run.make_optimizer(model, args, torch.device("cpu"))
+    optimizer, _ = optim.make_optimizer(model, args, torch.device("cpu"))
     loss_fn = run.make_loss("clip")
     stream = iter(
         ShardStream(
@@ -126,7 +126,7 @@ def _reference_losses(spec: str, batch: int, accum: int, steps: int) -> list[flo
         out = model(torch.cat([p["images"] for p in parts]), torch.cat([p["texts"] for p in parts]))
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         for g in optimizer.param_groups:
-            g["lr"] = run.lr_at(step, 1e-3, 1, steps)
+            g["lr"] = optim.lr_at(step, 1e-3, 1, steps)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -174,13 +174,13 @@ def test_adamw_betas_and_epsilon_follow_clip_unless_given() -> None:
 
     args = run.parse_args(["--train-data", "d", "--output", "o"])
     vit, _, _, _ = build("tiny")
-    assert run.adam_params(args, vit.visual) == ((0.9, 0.98), 1e-6)
+    assert optim.adam_params(args, vit.visual) == ((0.9, 0.98), 1e-6)
     resnet = ModifiedResNet(layers=(1, 1, 1, 1), output_dim=8, heads=1, image_size=32, width=8)
-    assert run.adam_params(args, resnet) == ((0.9, 0.999), 1e-8)
+    assert optim.adam_params(args, resnet) == ((0.9, 0.999), 1e-8)
     args = run.parse_args(
         ["--train-data", "d", "--output", "o", "--beta2", "0.95", "--eps", "1e-7"]
     )
-    optimizer, _ = run.make_optimizer(vit, args, torch.device("cpu"))
+    optimizer, _ = optim.make_optimizer(vit, args, torch.device("cpu"))
     assert {(g["betas"], g["eps"]) for g in optimizer.param_groups} == {((0.9, 0.95), 1e-7)}
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.training.shardgen import write_shards
-from training import run
+from training import optim, run
 from training.data import ShardStream, plan_data
 from training.models import build
 
@@ -32,7 +32,7 @@ def _reference_losses(spec: str, accum: int = 1) -> list[float]:
     model, preprocess, _, tokenizer = build("tiny")
     args = run.parse_args(["--train-data", spec, "--output", "unused", "--weight-decay", "0.2"])
     args.lr = LR
-    optimizer, _ = run.make_optimizer(model, args, torch.device("cpu"))  # the run's AdamW
+    optimizer, _ = optim.make_optimizer(model, args, torch.device("cpu"))  # the run's AdamW
     loss_fn = run.make_loss("clip")
     streams = [
         iter(
@@ -48,7 +48,7 @@ def _reference_losses(spec: str, accum: int = 1) -> list[float]:
         out = model(torch.cat([p["images"] for p in parts]), torch.cat([p["texts"] for p in parts]))
         loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
         for g in optimizer.param_groups:
-            g["lr"] = run.lr_at(step, LR, WARMUP, STEPS)
+            g["lr"] = optim.lr_at(step, LR, WARMUP, STEPS)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from tests.training.shardgen import write_shards
-from training import gpu_check, run
+from training import checkpoints, gpu_check, optim, run
 from training.data import ShardStream, plan_data
 
 # One thread: on a busy 2-core host, intra-op threads spin and run ~3x slower.
@@ -333,11 +333,11 @@ def test_fused_adamw_matches_the_default_and_resumes_across_kernels(
 def test_fused_adamw_falls_back_where_the_device_has_none() -> None:
     model = torch.nn.Linear(3, 2)
     args = run.parse_args(["--train-data", "d", "--output", "o"])
-    optimizer, impl = run.make_optimizer(model, args, torch.device("meta"))
+    optimizer, impl = optim.make_optimizer(model, args, torch.device("meta"))
     assert impl == f"default (no fused AdamW for meta in torch {torch.__version__})"
     assert all(g["fused"] is None and g["foreach"] is None for g in optimizer.param_groups)
     args.optimizer_impl = "foreach"
-    optimizer, impl = run.make_optimizer(model, args, torch.device("cpu"))
+    optimizer, impl = optim.make_optimizer(model, args, torch.device("cpu"))
     assert impl == "foreach" and optimizer.param_groups[0]["foreach"] is True
 
 
@@ -353,11 +353,11 @@ def test_adamw_state_moves_to_where_the_kernels_keep_it_on_cuda() -> None:
 
     unfused, fused = stepped(), stepped(fused=True)
     into_fused = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    run.load_optimizer_state(into_fused, unfused.state_dict())
+    optim.load_optimizer_state(into_fused, unfused.state_dict())
     assert all(s["step"].is_cuda for s in into_fused.state.values())
     into_fused.step()  # the fused kernel takes the CPU-saved step counts once moved
     into_plain = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    run.load_optimizer_state(into_plain, fused.state_dict())
+    optim.load_optimizer_state(into_plain, fused.state_dict())
     assert all(not s["step"].is_cuda for s in into_plain.state.values())
     assert into_plain.param_groups[0]["fused"] is None
 
@@ -429,14 +429,14 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(1)
     random.seed(1)
     np.random.seed(1)
-    run.save_checkpoint(tmp_path / "c.pt", {"rng": run.rng_state()})
+    checkpoints.save_checkpoint(tmp_path / "c.pt", {"rng": checkpoints.rng_state()})
     before = (torch.rand(3), random.random(), np.random.rand(3))
     state = torch.load(tmp_path / "c.pt", weights_only=True)["rng"]
     assert ("cuda" in state) == torch.cuda.is_available()
     torch.manual_seed(9)
     random.seed(9)
     np.random.seed(9)
-    run.set_rng_state(state)
+    checkpoints.set_rng_state(state)
     after = (torch.rand(3), random.random(), np.random.rand(3))
     assert torch.equal(before[0], after[0]) and before[1] == after[1]
     assert np.array_equal(before[2], after[2])
@@ -445,15 +445,15 @@ def test_rng_states_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA RNG needs CUDA (CPU path above)")
 def test_cuda_rng_state_round_trips(tmp_path: Path) -> None:
     torch.cuda.manual_seed_all(1)
-    run.save_checkpoint(tmp_path / "c.pt", {"rng": run.rng_state()})
+    checkpoints.save_checkpoint(tmp_path / "c.pt", {"rng": checkpoints.rng_state()})
     before = torch.rand(4, device="cuda")
     state = torch.load(tmp_path / "c.pt", weights_only=True)["rng"]
     assert len(state["cuda"]) == torch.cuda.device_count()
     torch.cuda.manual_seed_all(9)
-    run.set_rng_state(state)
+    checkpoints.set_rng_state(state)
     assert torch.equal(before, torch.rand(4, device="cuda"))
     torch.cuda.manual_seed_all(9)
-    run.set_rng_state(state, cuda_device=0)  # a DDP rank restores its own device
+    checkpoints.set_rng_state(state, cuda_device=0)  # a DDP rank restores its own device
     assert torch.equal(before, torch.rand(4, device="cuda"))
 
 
