@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,spark,dedup,overlap,bench,train
+EXTRAS ?= dev,spark,dedup,overlap,bench,train,airflow
 BENCHES := download extract curate overlap build train
 
 export WANDB_MODE := disabled
@@ -23,8 +23,8 @@ define apt_install
   else echo "warning: please install Debian packages: $(1)"; fi; }
 endef
 
-# Re-installs when pyproject.toml changes (the stamp is older) or the venv is missing.
-$(STAMP): pyproject.toml
+# Re-installs when pyproject.toml or this file (EXTRAS) changes, or the venv is missing.
+$(STAMP): pyproject.toml Makefile
 	$(call apt_install,$(SYSTEM_PACKAGES))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

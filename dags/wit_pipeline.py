@@ -1,0 +1,115 @@
+"""wit_pipeline: build a WIT-style dataset, check it against evaluation sets, train a dual
+encoder on what is left, and report zero-shot accuracy by overlap split.
+
+Four tasks, in order, each one of the project's commands:
+
+1. ``build``: ``spark-submit jobs/build_wit.py`` through the ``spark_default`` connection
+   (its host is the master: ``local[4]``, ``yarn``, ``spark://HOST:PORT``...). With no
+   ``build_args`` it builds the embedded demo.
+2. ``overlap``: ``python -m pipeline.overlap`` splits each eval set into Overlap / Clean /
+   All against the new shards and writes ``decontaminate.parquet``.
+3. ``train``: ``python -m training.run`` on the shards, leaving out the build's image
+   duplicates and the overlap, with zero-shot evaluation on the same eval sets.
+4. ``report``: ``pipeline.overlap`` again, with the last checkpoint's zero-shot
+   predictions: accuracy on Overlap, Clean and All, as CLIP's section 5.
+
+Every task is a rerun-safe command: the build resumes committed shards, the overlap
+report and the trained run are rewritten whole. Run parameters (``output``, ``eval``,
+``build_args``, ``train_args``, ``run``) come from the trigger's conf; paths are relative
+to the repository. This file holds only the DAG (nothing runs when it is parsed).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG, Param, task
+
+REPO = Path(__file__).resolve().parents[1]
+# The interpreter Airflow runs with: the project's environment, whose bin/ holds pyspark's
+# spark-submit and whose python the commands below run with.
+PYTHON = sys.executable
+BIN = str(Path(PYTHON).parent)
+
+with DAG(
+    dag_id="wit_pipeline",
+    schedule=None,
+    catchup=False,
+    doc_md=__doc__,
+    render_template_as_native_obj=True,
+    tags=["wit"],
+    params={
+        "output": Param("data/wit", type="string", description="the dataset's folder"),
+        "build_args": Param(
+            [],
+            type="array",
+            description="more jobs/build_wit.py arguments, e.g. ['--warc', 's3://b/*.warc.gz']; "
+            "none: the demo",
+        ),
+        "eval": Param(
+            [],
+            type="array",
+            minItems=1,
+            description="eval sets as pipeline.overlap --eval takes them: NAME or NAME:PATH "
+            "(at least one)",
+        ),
+        "overlap_args": Param(
+            [], type="array", description="more pipeline.overlap arguments (e.g. --threshold)"
+        ),
+        "run": Param("runs/wit", type="string", description="the training run's folder"),
+        "train_args": Param(
+            ["--model", "tiny", "--steps", "100"],
+            type="array",
+            description="training.run arguments besides the data, exclusions and eval sets",
+        ),
+    },
+) as dag:
+    build = SparkSubmitOperator(
+        task_id="build",
+        conn_id="spark_default",
+        application=str(REPO / "jobs" / "build_wit.py"),
+        application_args="{{ ['--output', params.output] + params.build_args }}",
+        name="wit-build",
+        # The hook runs spark-submit from this PATH; the driver's python is this one.
+        env_vars={"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+    )
+
+    @task.bash(cwd=str(REPO))
+    def overlap(params: dict) -> str:
+        import shlex
+
+        out = params["output"]
+        argv = [PYTHON, "-m", "pipeline.overlap", "--train", out, "--out", f"{out}/overlap"]
+        for spec in params["eval"]:
+            argv += ["--eval", spec]
+        return shlex.join(argv + list(params["overlap_args"]))
+
+    @task.bash(cwd=str(REPO))
+    def train(params: dict) -> str:
+        import shlex
+
+        out, run = params["output"], params["run"]
+        argv = [PYTHON, "-m", "training.run", "--train-data", out, "--output", run]
+        argv += ["--exclude", f"{out}/dedup/duplicates.parquet"]
+        argv += ["--exclude", f"{out}/overlap/decontaminate.parquet"]
+        for spec in params["eval"]:
+            argv += ["--zeroshot", spec]
+        return shlex.join(argv + list(params["train_args"]))
+
+    @task.bash(cwd=str(REPO))
+    def report(params: dict) -> str:
+        import shlex
+
+        out, run = params["output"], params["run"]
+        argv = [PYTHON, "-m", "pipeline.overlap", "--train", out, "--out", f"{run}/overlap"]
+        for spec in params["eval"]:
+            argv += ["--eval", spec]
+        argv += list(params["overlap_args"])
+        # The newest checkpoint of the run just trained (names sort by step).
+        latest = f'"$(ls -1 {shlex.quote(run)}/checkpoints/step_*.pt | tail -n 1)"'
+        return f"{shlex.join(argv)} --checkpoint {latest}"
+
+    build >> overlap() >> train() >> report()
