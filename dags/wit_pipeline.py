@@ -22,6 +22,7 @@ to the repository. This file holds only the DAG (nothing runs when it is parsed)
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -33,6 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 # spark-submit and whose python the commands below run with.
 PYTHON = sys.executable
 BIN = str(Path(PYTHON).parent)
+
+
+def _overlap_argv(params: dict, out: str) -> list[str]:
+    """pipeline.overlap on the dataset and the run's eval sets, its report in ``out``."""
+    argv = [PYTHON, "-m", "pipeline.overlap", "--train", params["output"], "--out", out]
+    for spec in params["eval"]:
+        argv += ["--eval", spec]
+    return argv + list(params["overlap_args"])
+
 
 with DAG(
     dag_id="wit_pipeline",
@@ -79,18 +89,10 @@ with DAG(
 
     @task.bash(cwd=str(REPO))
     def overlap(params: dict) -> str:
-        import shlex
-
-        out = params["output"]
-        argv = [PYTHON, "-m", "pipeline.overlap", "--train", out, "--out", f"{out}/overlap"]
-        for spec in params["eval"]:
-            argv += ["--eval", spec]
-        return shlex.join(argv + list(params["overlap_args"]))
+        return shlex.join(_overlap_argv(params, f"{params['output']}/overlap"))
 
     @task.bash(cwd=str(REPO))
     def train(params: dict) -> str:
-        import shlex
-
         out, run = params["output"], params["run"]
         argv = [PYTHON, "-m", "training.run", "--train-data", out, "--output", run]
         argv += ["--exclude", f"{out}/dedup/duplicates.parquet"]
@@ -101,15 +103,9 @@ with DAG(
 
     @task.bash(cwd=str(REPO))
     def report(params: dict) -> str:
-        import shlex
-
-        out, run = params["output"], params["run"]
-        argv = [PYTHON, "-m", "pipeline.overlap", "--train", out, "--out", f"{run}/overlap"]
-        for spec in params["eval"]:
-            argv += ["--eval", spec]
-        argv += list(params["overlap_args"])
+        run = params["run"]
         # The newest checkpoint of the run just trained (names sort by step).
         latest = f'"$(ls -1 {shlex.quote(run)}/checkpoints/step_*.pt | tail -n 1)"'
-        return f"{shlex.join(argv)} --checkpoint {latest}"
+        return f"{shlex.join(_overlap_argv(params, f'{run}/overlap'))} --checkpoint {latest}"
 
     build >> overlap() >> train() >> report()
