@@ -34,7 +34,9 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	SPARK_LOCAL_IP=127.0.0.1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/spark-submit --master "local[2]" jobs/build_wit.py --output data/demo
+	SPARK_LOCAL_IP=127.0.0.1 PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/spark-submit --master "local[2]" \
+		--conf spark.driver.extraJavaOptions=-Dlog4j2.configurationFile=file:$(CURDIR)/pipeline/spark/log4j2.properties \
+		jobs/build_wit.py --output data/demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -83,6 +83,11 @@ with DAG(
         application=str(REPO / "jobs" / "build_wit.py"),
         application_args="{{ ['--output', params.output] + params.build_args }}",
         name="wit-build",
+        # Spark's start-up logs at WARN, as `make demo` runs it.
+        conf={
+            "spark.driver.extraJavaOptions": "-Dlog4j2.configurationFile=file:"
+            f"{REPO / 'pipeline' / 'spark' / 'log4j2.properties'}"
+        },
         # The hook runs spark-submit from this PATH; the driver's python is this one.
         env_vars={"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,6 +111,8 @@ def test_airflow_runs_the_pipeline_on_the_demo_and_stops_at_a_failing_stage(
     }
     done = _airflow(home, "dags", "test", "wit_pipeline", "-c", json.dumps(conf))
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    # spark-submit's start-up at WARN (pipeline/spark/log4j2.properties), not INFO.
+    assert not re.search(r"\d\d:\d\d:\d\d INFO \w+:", done.stdout + done.stderr)
     # build: the demo's funnel; overlap: the report and its exclusion list; train: a run
     # that excluded them and evaluated zero-shot; report: accuracy by overlap split.
     funnel = json.loads((out / "stats.json").read_text())["funnel"]
