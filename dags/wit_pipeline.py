@@ -1,8 +1,10 @@
 """wit_pipeline: build a WIT-style dataset, check it against evaluation sets, train a dual
 encoder on what is left, and report zero-shot accuracy by overlap split.
 
-Four tasks, in order, each one of the project's commands:
+Five tasks, in order, each one of the project's commands:
 
+0. ``check``: ``python -m pipeline.overlap --check`` checks the eval sets and overlap
+   options before anything is built, so a mistyped path fails in seconds, not hours.
 1. ``build``: ``spark-submit jobs/build_wit.py`` through the ``spark_default`` connection
    (its host is the master: ``local[4]``, ``yarn``, ``spark://HOST:PORT``...). With no
    ``build_args`` it builds the embedded demo.
@@ -77,6 +79,13 @@ with DAG(
         ),
     },
 ) as dag:
+
+    @task.bash(cwd=str(REPO))
+    def check(params: dict) -> str:
+        # The eval sets and overlap options, before hours of building (nothing is read of
+        # the dataset or the checkpoint, which do not exist yet).
+        return shlex.join([*_overlap_argv(params, f"{params['output']}/overlap"), "--check"])
+
     build = SparkSubmitOperator(
         task_id="build",
         conn_id="spark_default",
@@ -113,4 +122,4 @@ with DAG(
         latest = f'"$(ls -1 {shlex.quote(run)}/checkpoints/step_*.pt | tail -n 1)"'
         return f"{shlex.join(_overlap_argv(params, f'{run}/overlap'))} --checkpoint {latest}"
 
-    build >> overlap() >> train() >> report()
+    check() >> build >> overlap() >> train() >> report()

@@ -17,7 +17,7 @@ from pipeline.overlap.config import OverlapConfig, add_overlap_flags
 from pipeline.overlap.detectors import DetectorError
 from pipeline.overlap.evalsets import REGISTRY, EvalSetError, parse_eval_spec
 from pipeline.overlap.predictions import PredictionsError
-from pipeline.overlap.run import OverlapJob, parse_named_paths, run_overlap
+from pipeline.overlap.run import OverlapJob, parse_named_paths, prepare, run_overlap
 from pipeline.overlap.templates import TemplatesError
 from pipeline.overlap.zeroshot import ZeroShotError
 from pipeline.shards.reader import ShardReadError
@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         "set); default: built-in ones per eval set (OpenAI's 80 for ImageNet)",
     )
     p.add_argument("--config", help="TOML or YAML file with the same settings as the flags")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the eval sets, predictions, templates, options and detector, then exit "
+        "without reading --train or --checkpoint (which may not exist yet): a workflow's "
+        "first step, before hours of building",
+    )
     add_overlap_flags(p)
     return p
 
@@ -145,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         job = job_from_args(args)
+        if args.check:
+            prep = prepare(job, check_only=True)
+            sets = ", ".join(f"{s.name} ({len(s):,} items)" for s in prep.eval_sets)
+            print(f"check: ok: {sets}; detector {prep.detector.describe()}")
+            return 0
         report = run_overlap(job)
     except (
         ConfigError,

@@ -99,8 +99,12 @@ class Prepared:
     zeroshot_results: dict[str, EvalSetPredictions] = field(default_factory=dict)
 
 
-def prepare(job: OverlapJob) -> Prepared:
-    """Every check that needs no embedding: fail here, before minutes of work."""
+def prepare(job: OverlapJob, check_only: bool = False) -> Prepared:
+    """Every check that needs no embedding: fail here, before minutes of work.
+
+    ``check_only``: the checks that need neither the training data nor the checkpoint
+    (which may not exist yet, as when a DAG checks its inputs before the build): the eval
+    sets, predictions files, templates, options and the detector."""
     names = [s.name for s in job.evals]
     if not names:
         raise EvalSetError("no eval set given: use --eval NAME[:PATH]")
@@ -139,13 +143,13 @@ def prepare(job: OverlapJob) -> Prepared:
     }
     paths: list[Path] = []
     sources: list[str] = []
-    for t in job.train:
+    for t in () if check_only else job.train:
         found = find_shards(t)
         paths += found
         sources += [str(t)] * len(found)
     detector = make_detector(job.config)
     zeroshot = None
-    if job.checkpoint is not None:
+    if job.checkpoint is not None and not check_only:
         zeroshot = load_checkpoint_model(
             job.checkpoint, job.model_config, job.config.zeroshot_device
         )

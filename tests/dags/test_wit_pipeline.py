@@ -1,4 +1,4 @@
-"""The Airflow DAG: it loads without import errors, and `airflow dags test` runs the four
+"""The Airflow DAG: it loads without import errors, and `airflow dags test` runs the
 stages on the demo (a real Airflow 3 with SQLite, Spark in local mode), stopping at the
 first failing one."""
 
@@ -71,6 +71,7 @@ def test_the_dag_loads_with_its_stages_in_order(tmp_path: Path) -> None:
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded["errors"] == {}
     assert loaded["downstream"] == {
+        "check": ["build"],
         "build": ["overlap"],
         "overlap": ["train"],
         "train": ["report"],
@@ -125,12 +126,13 @@ def test_airflow_runs_the_pipeline_on_the_demo_and_stops_at_a_failing_stage(
     assert shapes["zeroshot"]["checkpoint"] == str(run / "checkpoints" / "step_00000006.pt")
     assert shapes["acc_all"] == shapes["zeroshot"]["top1"] == summary["zeroshot"]["shapes"]
 
-    # A stage that fails fails the run, and the stages after it never start.
-    conf = {**conf, "run": str(tmp_path / "run2"), "eval": [f"imagefolder:{tmp_path}/none"]}
+    # A stage that fails fails the run, and the stages after it never start: a missing
+    # eval set stops the run at the check, before the build.
+    conf = {**conf, "output": str(tmp_path / "data2"), "eval": [f"imagefolder:{tmp_path}/none"]}
     failed = _airflow(home, "dags", "test", "wit_pipeline", "-c", json.dumps(conf))
     assert failed.returncode != 0
     assert "does not exist" in failed.stdout + failed.stderr
-    assert not (tmp_path / "run2").exists()
+    assert not (tmp_path / "data2").exists()
 
 
 def test_a_run_without_eval_sets_is_refused_before_any_stage(tmp_path: Path) -> None:

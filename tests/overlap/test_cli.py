@@ -267,3 +267,27 @@ def test_missing_required_options_are_one_line(capsys: pytest.CaptureFixture) ->
     code, _, err = _run(["--eval", "cifar10"], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "required: --train, --out" in err
+
+
+def test_check_validates_the_inputs_without_the_training_data(
+    scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Before a build: --train and --checkpoint do not exist yet, and are not read.
+    out = tmp_path / "report"
+    base = ["--check", "--train", str(tmp_path / "not-built"), "--out", str(out)]
+    code, stdout, err = _run(
+        [*base, "--eval", f"pets=imagefolder:{scenario.pets}",
+         "--checkpoint", str(tmp_path / "not-trained.pt")],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert stdout == "check: ok: pets (30 items); detector phash(phash+dhash, 16x16)\n"
+    assert not out.exists()
+    # What a full run would refuse, --check refuses: a missing eval set, a bad option.
+    code, _, err = _run([*base, "--eval", f"imagefolder:{tmp_path / 'none'}"], capsys)
+    assert code == 2 and "does not exist" in err
+    code, _, err = _run(
+        [*base, "--eval", f"imagefolder:{scenario.pets}", "--detector", "nonsense"], capsys
+    )
+    assert code == 2 and err.startswith("error: ") and "nonsense" in err
+    assert not out.exists()
