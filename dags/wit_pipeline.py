@@ -3,8 +3,9 @@ encoder on what is left, and report zero-shot accuracy by overlap split.
 
 Five tasks, in order, each one of the project's commands:
 
-0. ``check``: ``python -m pipeline.overlap --check`` checks the eval sets and overlap
-   options before anything is built, so a mistyped path fails in seconds, not hours.
+0. ``check``: ``pipeline.overlap --check`` and ``training.run --check`` check the eval
+   sets, the model and the options before anything is built, so a mistyped path or model
+   name fails in seconds, not after hours of building.
 1. ``build``: ``spark-submit jobs/build_wit.py`` through the ``spark_default`` connection
    (its host is the master: ``local[4]``, ``yarn``, ``spark://HOST:PORT``...). With no
    ``build_args`` it builds the embedded demo.
@@ -46,6 +47,18 @@ def _overlap_argv(params: dict, out: str) -> list[str]:
     return argv + list(params["overlap_args"])
 
 
+def _train_argv(params: dict) -> list[str]:
+    """training.run on the dataset less its image duplicates and the overlap, with
+    zero-shot evaluation on the run's eval sets."""
+    out, run = params["output"], params["run"]
+    argv = [PYTHON, "-m", "training.run", "--train-data", out, "--output", run]
+    argv += ["--exclude", f"{out}/dedup/duplicates.parquet"]
+    argv += ["--exclude", f"{out}/overlap/decontaminate.parquet"]
+    for spec in params["eval"]:
+        argv += ["--zeroshot", spec]
+    return argv + list(params["train_args"])
+
+
 with DAG(
     dag_id="wit_pipeline",
     schedule=None,
@@ -82,9 +95,10 @@ with DAG(
 
     @task.bash(cwd=str(REPO))
     def check(params: dict) -> str:
-        # The eval sets and overlap options, before hours of building (nothing is read of
-        # the dataset or the checkpoint, which do not exist yet).
-        return shlex.join([*_overlap_argv(params, f"{params['output']}/overlap"), "--check"])
+        # The eval sets and the overlap and training options, before hours of building
+        # (nothing is read of the dataset or the checkpoint, which do not exist yet).
+        overlap = [*_overlap_argv(params, f"{params['output']}/overlap"), "--check"]
+        return f"{shlex.join(overlap)} && {shlex.join([*_train_argv(params), '--check'])}"
 
     build = SparkSubmitOperator(
         task_id="build",
@@ -107,13 +121,7 @@ with DAG(
 
     @task.bash(cwd=str(REPO))
     def train(params: dict) -> str:
-        out, run = params["output"], params["run"]
-        argv = [PYTHON, "-m", "training.run", "--train-data", out, "--output", run]
-        argv += ["--exclude", f"{out}/dedup/duplicates.parquet"]
-        argv += ["--exclude", f"{out}/overlap/decontaminate.parquet"]
-        for spec in params["eval"]:
-            argv += ["--zeroshot", spec]
-        return shlex.join(argv + list(params["train_args"]))
+        return shlex.join(_train_argv(params))
 
     @task.bash(cwd=str(REPO))
     def report(params: dict) -> str:

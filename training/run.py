@@ -226,6 +226,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--eval-every", type=int, help="also evaluate every N steps (0: only at the end)"
     )
     p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the options, model config, eval sets, templates and held-out data, "
+        "then exit without reading --train-data or --exclude (which may not exist yet): a "
+        "workflow's first step",
+    )
+    p.add_argument(
         "--tensorboard",
         action=argparse.BooleanOptionalAction,
         help="also write scalars to OUTPUT/tensorboard (needs: pip install tensorboard)",
@@ -876,9 +883,33 @@ def _write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2))
 
 
+def check_options(args: argparse.Namespace) -> str:
+    """What ``_train`` checks before reading any data, and needs no training data for."""
+    import torch
+
+    if args.tensorboard:
+        summary_writer_class()
+    if args.compile:
+        check_compile_backend(
+            args.compile_backend, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
+    load_config(args.model)
+    evaluator = Evaluator.from_args(
+        args.zeroshot or [], args.templates, args.val_data, args.val_max
+    )
+    sets = ", ".join(f"{s.name} ({len(s):,} items)" for s in evaluator.sets) or "none"
+    return (
+        f"check: ok: model {args.model}; zero-shot sets: {sets}; held-out pairs: "
+        f"{len(evaluator.pairs):,}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.check:
+            print(check_options(args))
+            return 0
         summary = train(args)
     except (
         TrainDataError,

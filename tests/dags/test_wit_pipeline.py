@@ -127,12 +127,16 @@ def test_airflow_runs_the_pipeline_on_the_demo_and_stops_at_a_failing_stage(
     assert shapes["acc_all"] == shapes["zeroshot"]["top1"] == summary["zeroshot"]["shapes"]
 
     # A stage that fails fails the run, and the stages after it never start: a missing
-    # eval set stops the run at the check, before the build.
-    conf = {**conf, "output": str(tmp_path / "data2"), "eval": [f"imagefolder:{tmp_path}/none"]}
-    failed = _airflow(home, "dags", "test", "wit_pipeline", "-c", json.dumps(conf))
-    assert failed.returncode != 0
-    assert "does not exist" in failed.stdout + failed.stderr
-    assert not (tmp_path / "data2").exists()
+    # eval set, or a model with no config, stops the run at the check, before the build.
+    for bad, message in (
+        ({"eval": [f"imagefolder:{tmp_path}/none"]}, "does not exist"),
+        ({"train_args": ["--model", "ViT-H-99"]}, "--model ViT-H-99: no config"),
+    ):
+        wrong = {**conf, "output": str(tmp_path / "data2"), **bad}
+        failed = _airflow(home, "dags", "test", "wit_pipeline", "-c", json.dumps(wrong))
+        assert failed.returncode != 0
+        assert message in failed.stdout + failed.stderr
+        assert not (tmp_path / "data2").exists()
 
 
 def test_a_run_without_eval_sets_is_refused_before_any_stage(tmp_path: Path) -> None:
