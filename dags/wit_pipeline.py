@@ -18,8 +18,10 @@ Five tasks, in order, each one of the project's commands:
 
 Every task is a rerun-safe command: the build resumes committed shards, the overlap
 report and the trained run are rewritten whole. Run parameters (``output``, ``eval``,
-``build_args``, ``train_args``, ``run``) come from the trigger's conf; paths are relative
-to the repository. This file holds only the DAG (nothing runs when it is parsed).
+``build_args``, ``overlap_args``, ``run``, ``train_args``) come from the trigger's conf;
+``output`` and ``run`` may be relative to the repository, paths inside the ``*_args``
+lists should be absolute (or URLs). This file holds only the DAG (nothing runs when it is
+parsed).
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ with DAG(
     catchup=False,
     doc_md=__doc__,
     render_template_as_native_obj=True,
+    # spark-submit runs in the worker's folder, the other tasks in the repository's: the
+    # build gets its output as an absolute path, so both mean the same folder.
+    user_defined_macros={"in_repo": lambda path: str(REPO / path)},
     tags=["wit"],
     params={
         "output": Param("data/wit", type="string", description="the dataset's folder"),
@@ -104,7 +109,7 @@ with DAG(
         task_id="build",
         conn_id="spark_default",
         application=str(REPO / "jobs" / "build_wit.py"),
-        application_args="{{ ['--output', params.output] + params.build_args }}",
+        application_args="{{ ['--output', in_repo(params.output)] + params.build_args }}",
         name="wit-build",
         # Spark's start-up logs at WARN, as `make demo` runs it.
         conf={

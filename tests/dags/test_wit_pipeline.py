@@ -54,6 +54,13 @@ print(json.dumps({
     "errors": {str(k): str(v) for k, v in bag.import_errors.items()},
     "downstream": {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} if dag else None,
     "params": sorted(dag.params) if dag else None,
+    # The build's arguments as Airflow renders them, for a relative and an absolute output.
+    "build_args": [
+        dag.get_template_env().from_string(dag.get_task("build").application_args).render(
+            params={"output": out, "build_args": ["--seed", "1"]}
+        )
+        for out in ("data/wit", "/abs/wit")
+    ] if dag else None,
 }))
 """
 
@@ -78,6 +85,11 @@ def test_the_dag_loads_with_its_stages_in_order(tmp_path: Path) -> None:
         "report": [],
     }
     assert loaded["params"] == ["build_args", "eval", "output", "overlap_args", "run", "train_args"]
+    # spark-submit does not run in the repository: a relative output is made absolute there.
+    assert loaded["build_args"] == [
+        ["--output", str(REPO / "data" / "wit"), "--seed", "1"],
+        ["--output", "/abs/wit", "--seed", "1"],
+    ]
 
 
 def _eval_set(root: Path) -> Path:
