@@ -603,7 +603,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
             f"{per_epoch} steps per epoch, {total_steps} steps"
             + (f" of {accum} micro-batches" if accum > 1 else "")
             + f"; {torch.get_num_threads()} "
-            f"torch thread(s) ({threads_why}), AdamW {optimizer_impl}",
+            f"torch thread(s) ({threads_why}), AdamW {optimizer_impl}"
+            + (f"; {len(exclude):,} key(s) excluded (--exclude)" if args.exclude else ""),
             file=sys.stderr,
         )
     # Workers crop and resize and hand over uint8; the batch is normalized on the device.
@@ -849,6 +850,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
             "samples_in_shards": plan.samples,
             "threads": torch.get_num_threads(),
             "optimizer_impl": optimizer_impl,
+            # Distinct keys in the --exclude files; data_excluded counts the reads skipped.
+            "exclude_keys": len(exclude),
         }
         if evaluator:
             ev = evaluator.run(

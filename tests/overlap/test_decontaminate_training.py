@@ -50,5 +50,5 @@ def test_decontaminate_parquet_excludes_the_overlap_from_training(
     assert train_run.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     # Every sample was read into the shuffle buffer once; the planted copies were dropped.
-    assert summary["data_excluded"] == len(planted) == 4
+    assert summary["exclude_keys"] == summary["data_excluded"] == len(planted) == 4
     assert summary["data_samples"] == 84
