@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, default=8, help="DataLoader worker processes (default: 8)"
     )
+    p.add_argument(
+        "--accum-freq",
+        type=int,
+        default=1,
+        help="micro-batches of --batch-size per step, training.run's --accum-freq (default: 1)",
+    )
     p.add_argument("--shards", type=int, default=16, help="synthetic shards (default: 16)")
     p.add_argument("--per-shard", type=int, default=1024, help="images per shard (default: 1024)")
     p.add_argument(
@@ -250,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]  # fmt: skip
     if args.compile:
         argv.append("--compile")
+    if args.accum_freq != 1:
+        argv += ["--accum-freq", str(args.accum_freq)]
     code = train(argv)
     wall = time.perf_counter() - t0
     if code:
@@ -267,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "precision": args.precision,
         "compile": args.compile,
         "workers": args.workers,
+        "accum_freq": args.accum_freq,
         "steps": args.steps,
         **summarize(metrics, args.steps),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,

@@ -122,3 +122,25 @@ def test_cli_refuses_a_foreign_folder_with_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {tmp_path / 'data'} holds files")
     assert (tmp_path / "data" / "notes.txt").read_text() == "mine"
+
+
+def test_the_check_trains_with_its_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # What the check asks training.run for; the run itself needs a GPU (make gpu-check).
+    import torch
+
+    from training import run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+    asked: list[list[str]] = []
+    monkeypatch.setattr(run, "main", lambda argv: asked.append(argv) or 3)
+    argv = ["--workdir", str(tmp_path), "--shards", "1", "--per-shard", "2", "--image-size", "16"]
+    assert main([*argv, "--compile", "--accum-freq", "2", "--steps", "7"]) == 3
+    (train_argv,) = asked
+    flags = dict(zip(train_argv[::2], train_argv[1::2], strict=False))
+    assert flags["--steps"] == "7" and flags["--model"] == "ViT-B-32"
+    assert "--compile" in train_argv
+    assert train_argv[train_argv.index("--accum-freq") + 1] == "2"
+    assert main(argv) == 3 and "--accum-freq" not in asked[1]
