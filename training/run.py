@@ -365,9 +365,9 @@ class TimingWindow:
     def __init__(self) -> None:
         self.restart()
 
-    def restart(self) -> None:
+    def restart(self, start: float | None = None) -> None:
         self.steps, self.samples, self.data_s = 0, 0, 0.0
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if start is None else start
 
     def add(self, samples: int, data_s: float) -> None:
         """One step ended now: its samples and the time it waited for the loader."""
@@ -385,9 +385,7 @@ class TimingWindow:
             "data_time": self.data_s / self.steps,
             "step_time": elapsed / self.steps,
         }
-        end = self.end
-        self.restart()
-        self.start = end
+        self.restart(start=self.end)  # the next window starts where this one ended
         return means
 
 
@@ -462,6 +460,19 @@ def make_loss(kind: str, rank: int = 0, world_size: int = 1) -> Any:
     return ClipLoss(
         local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world_size
     )
+
+
+def bind_loss(kind: str, loss_fn: Any, model: Any) -> Callable[[Any, Any, Any, bool], Any]:
+    """``loss_fn`` as ``accumulate_gradients`` calls it: (image features, text features,
+    logit scale, whether SigLIP's bias takes a gradient in this pass)."""
+
+    def loss_of(image_features: Any, text_features: Any, scale: Any, bias_grad: bool) -> Any:
+        if kind == "siglip":
+            bias = model.logit_bias if bias_grad else model.logit_bias.detach()
+            return loss_fn(image_features, text_features, scale, bias)
+        return loss_fn(image_features, text_features, scale)
+
+    return loss_of
 
 
 def init_distributed() -> tuple[int, int]:
@@ -644,11 +655,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
             enabled=autocast_dtype is not None,
         )
 
-    def loss_of(image_features: Any, text_features: Any, scale: Any, bias_grad: bool) -> Any:
-        if args.loss == "siglip":
-            bias = model.logit_bias if bias_grad else model.logit_bias.detach()
-            return loss_fn(image_features, text_features, scale, bias)
-        return loss_fn(image_features, text_features, scale)
+    loss_of = bind_loss(args.loss, loss_fn, model)
 
     def backward(loss: Any) -> None:
         (scaler.scale(loss) if scaler is not None else loss).backward()

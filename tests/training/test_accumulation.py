@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import shutil
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.training.reference import full_batch_losses
 from tests.training.shardgen import write_shards
 from training import optim, run
 from training.data import ShardStream, plan_data
@@ -48,13 +48,7 @@ def test_accumulated_gradients_equal_the_full_batch_gradients(kind: str) -> None
     model, _, _, tokenizer = build("tiny")
     if kind == "siglip":
         model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0))
-    loss_fn = run.make_loss(kind)
-
-    def loss_of(img: Any, txt: Any, scale: Any, bias_grad: bool) -> Any:
-        if kind == "siglip":
-            bias = model.logit_bias if bias_grad else model.logit_bias.detach()
-            return loss_fn(img, txt, scale, bias)
-        return loss_fn(img, txt, scale)
+    loss_of = run.bind_loss(kind, run.make_loss(kind), model)  # as training.run calls it
 
     images, texts = _batch(12, tokenizer)
     out = model(images, texts)
@@ -108,7 +102,6 @@ def _reference_losses(spec: str, batch: int, accum: int, steps: int) -> list[flo
     model, preprocess, _, tokenizer = build("tiny")
     args = run.parse_args(["--train-data", spec, "--output", "unused", *COMMON])
     optimizer, _ = optim.make_optimizer(model, args, torch.device("cpu"))
-    loss_fn = run.make_loss("clip")
     stream = iter(
         ShardStream(
             plan_data(spec),
@@ -120,20 +113,9 @@ def _reference_losses(spec: str, batch: int, accum: int, steps: int) -> list[flo
             draft_side=2 * input_side(model),
         )
     )
-    losses = []
-    for step in range(steps):
-        parts = [next(stream) for _ in range(accum)]
-        out = model(torch.cat([p["images"] for p in parts]), torch.cat([p["texts"] for p in parts]))
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        for g in optimizer.param_groups:
-            g["lr"] = optim.lr_at(step, 1e-3, 1, steps)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
-    return losses
+    return full_batch_losses(
+        model, optimizer, lambda: [next(stream) for _ in range(accum)], steps, lr=1e-3, warmup=1
+    )
 
 
 def test_run_with_accumulation_trains_as_the_full_batch_and_resumes(

@@ -5,7 +5,6 @@ one rank stops both at the same step."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.training.reference import full_batch_losses
 from tests.training.shardgen import write_shards
 from training import optim, run
 from training.data import ShardStream, plan_data
@@ -33,7 +33,6 @@ def _reference_losses(spec: str, accum: int = 1) -> list[float]:
     args = run.parse_args(["--train-data", spec, "--output", "unused", "--weight-decay", "0.2"])
     args.lr = LR
     optimizer, _ = optim.make_optimizer(model, args, torch.device("cpu"))  # the run's AdamW
-    loss_fn = run.make_loss("clip")
     streams = [
         iter(
             ShardStream(
@@ -42,20 +41,14 @@ def _reference_losses(spec: str, accum: int = 1) -> list[float]:
         )
         for r in (0, 1)
     ]
-    losses = []
-    for step in range(STEPS):
-        parts = [next(s) for s in streams for _ in range(accum)]
-        out = model(torch.cat([p["images"] for p in parts]), torch.cat([p["texts"] for p in parts]))
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
-        for g in optimizer.param_groups:
-            g["lr"] = optim.lr_at(step, LR, WARMUP, STEPS)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item())
-    return losses
+    return full_batch_losses(
+        model,
+        optimizer,
+        lambda: [next(s) for s in streams for _ in range(accum)],
+        STEPS,
+        lr=LR,
+        warmup=WARMUP,
+    )
 
 
 def _torchrun(
