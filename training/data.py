@@ -21,13 +21,13 @@ import io
 import itertools
 import json
 import random
-import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+from braceexpand import braceexpand
 from torch.utils.data import IterableDataset
 
 from pipeline.shards.reader import ShardReadError, TrainSample, find_shards, iter_shard
@@ -38,24 +38,10 @@ class TrainDataError(ValueError):
     """Training data that cannot work: no shards, no usable samples, too few shards."""
 
 
-_BRACE = re.compile(r"\{([^{}]*)\}")
-
-
 def expand_braces(pattern: str) -> list[str]:
-    """webdataset-style patterns: ``{00000..00009}`` (zero padding kept) and ``{a,b}``."""
-    m = _BRACE.search(pattern)
-    if m is None:
-        return [pattern]
-    body = m.group(1)
-    rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if rng:
-        lo, hi = rng.group(1), rng.group(2)
-        width = len(lo) if lo.startswith("0") else 0
-        options = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
-    else:
-        options = body.split(",")
-    head, tail = pattern[: m.start()], pattern[m.end() :]
-    return [x for opt in options for x in expand_braces(head + opt + tail)]
+    """webdataset's brace patterns (``{00000..00009}``, zero padding kept; ``{a,b}``),
+    through the same library webdataset uses."""
+    return list(braceexpand(pattern))
 
 
 def resolve_shards(spec: str) -> list[Path]:
@@ -101,14 +87,53 @@ def count_samples(shard: Path) -> int:
 
 # The column holding training keys in the files --exclude reads: ``key`` in the build's
 # dedup/duplicates.parquet and plain key lists, ``train_key`` in the overlap tool's
-# decontaminate.parquet.
+# decontaminate.parquet, which also names each key's shard (``train_shard_path``).
 EXCLUDE_COLUMNS = ("key", "train_key")
+SHARD_COLUMN = "train_shard_path"
 
 
-def load_exclusions(paths: str | Path | list[str] | list[Path]) -> frozenset[str]:
-    """Keys from one or more Parquet files: the build's ``dedup/duplicates.parquet``, the
-    overlap tool's ``decontaminate.parquet``, or any file with a ``key`` column."""
-    keys: set[str] = set()
+def shard_id(shard: str | Path) -> str:
+    """A shard's identity for exclusions: its resolved path, as the overlap tool writes it."""
+    return str(Path(shard).resolve())
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """The samples ``--exclude`` leaves out.
+
+    A row that names its shard (the overlap tool's ``train_shard_path``) leaves its key out
+    of that shard only, when that shard is one of the training shards: datasets joined with
+    ``::`` may repeat keys (img2dataset numbers each from 000000000). Every other key (the
+    build's duplicates, plain key lists, rows naming a shard training does not read, as
+    when the overlap ran on a copy elsewhere) is left out of every shard: more than asked,
+    never less."""
+
+    everywhere: frozenset[str] = frozenset()
+    by_shard: dict[str, frozenset[str]] = field(default_factory=dict)  # shard_id -> keys
+    notes: tuple[str, ...] = ()  # what the start-up line should tell
+
+    def __len__(self) -> int:
+        """Distinct exclusions: keys left out everywhere, plus (shard, key) pairs."""
+        return len(self.everywhere) + sum(len(k - self.everywhere) for k in self.by_shard.values())
+
+    def __bool__(self) -> bool:
+        return bool(self.everywhere) or any(self.by_shard.values())
+
+    def in_shard(self, shard: str | Path) -> frozenset[str]:
+        """The keys left out of this shard alone (``everywhere`` holds the rest)."""
+        return self.by_shard.get(shard_id(shard), frozenset()) if self.by_shard else frozenset()
+
+
+def load_exclusions(
+    paths: str | Path | list[str] | list[Path], shards: list[Path] | tuple[Path, ...] = ()
+) -> Exclusions:
+    """The samples to leave out, from one or more Parquet files: the build's
+    ``dedup/duplicates.parquet``, the overlap tool's ``decontaminate.parquet``, or any file
+    with a ``key`` column. ``shards``: the shards training reads (see ``Exclusions``)."""
+    training = {shard_id(s) for s in shards}
+    everywhere: set[str] = set()
+    by_shard: dict[str, set[str]] = {}
+    notes: list[str] = []
     for path in [paths] if isinstance(paths, str | Path) else paths:
         p = Path(path)
         if not p.is_file():
@@ -123,9 +148,32 @@ def load_exclusions(paths: str | Path | list[str] | list[Path]) -> frozenset[str
                 f"--exclude {p}: no {' or '.join(repr(c) for c in EXCLUDE_COLUMNS)} column "
                 f"(columns: {names})"
             )
-        values = pq.read_table(p, columns=[column]).column(column).to_pylist()
-        keys.update(str(k) for k in values if k is not None)
-    return frozenset(keys)
+        if column != "train_key" or SHARD_COLUMN not in names:
+            values = pq.read_table(p, columns=[column]).column(column).to_pylist()
+            everywhere.update(str(k) for k in values if k is not None)
+            continue
+        table = pq.read_table(p, columns=[column, SHARD_COLUMN])
+        elsewhere: set[str] = set()
+        for key, shard in zip(
+            table.column(column).to_pylist(), table.column(SHARD_COLUMN).to_pylist(), strict=True
+        ):
+            if key is None:
+                continue
+            if shard in training:
+                by_shard.setdefault(shard, set()).add(str(key))
+            else:
+                everywhere.add(str(key))
+                elsewhere.add(shard or "(none)")
+        if elsewhere:
+            notes.append(
+                f"--exclude {p}: {len(elsewhere):,} shard(s) it names are not in --train-data "
+                f"(first {sorted(elsewhere)[0]}); their keys are left out of every shard"
+            )
+    return Exclusions(
+        frozenset(everywhere),
+        {s: frozenset(k) for s, k in by_shard.items()},
+        tuple(notes),
+    )
 
 
 @dataclass(frozen=True)
@@ -268,7 +316,7 @@ class ShardStream(IterableDataset):
         tokenize: Callable[[list[str]], Any],
         seed: int = 0,
         shuffle_buffer: int = 1000,
-        exclude: frozenset[str] = frozenset(),
+        exclude: Exclusions | frozenset[str] = frozenset(),
         start_batch: int = 0,
         epoch_batches: int | None = None,
         draft_side: int | None = None,
@@ -280,7 +328,10 @@ class ShardStream(IterableDataset):
         self.tokenize = tokenize
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
-        self.exclude = exclude
+        # A plain key set leaves those keys out of every shard.
+        self.exclude = (
+            exclude if isinstance(exclude, Exclusions) else Exclusions(frozenset(exclude))
+        )
         self.start_batch = start_batch
         per_epoch = (
             epoch_batches if epoch_batches is not None else plan.batches_per_epoch(batch_size)
@@ -355,10 +406,12 @@ class ShardStream(IterableDataset):
         for shards in self._passes(worker, epoch, rng):
             read = 0
             buffer: list[TrainSample] = []
+            everywhere = self.exclude.everywhere
             for shard in shards:
                 before = read
+                only_here = self.exclude.in_shard(shard)
                 for sample in iter_shard(shard, stats):
-                    if sample.key in self.exclude:
+                    if sample.key in everywhere or sample.key in only_here:
                         stats.add("excluded")
                         continue
                     read += 1

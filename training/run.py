@@ -549,7 +549,6 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         check_compile_backend(args.compile_backend, device)
 
     # Data problems are found before the model is built: failing fast costs nothing.
-    exclude = load_exclusions(args.exclude) if args.exclude else frozenset()
     plan = plan_data(
         args.train_data,
         rank=rank,
@@ -557,6 +556,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         workers=args.workers,
         resample=args.resample,
     )
+    exclude = load_exclusions(args.exclude or [], plan.shards)
     accum = args.accum_freq
     per_epoch = plan.batches_per_epoch(args.batch_size) // accum  # optimizer steps
     if args.epochs:
@@ -618,6 +618,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
             + (f"; {len(exclude):,} key(s) excluded (--exclude)" if args.exclude else ""),
             file=sys.stderr,
         )
+        for note in exclude.notes:
+            print(f"training.run: {note}", file=sys.stderr)
     # Workers crop and resize and hand over uint8; the batch is normalized on the device.
     worker_transform, normalize = split_preprocess(preprocess_train)
     stream = ShardStream(
@@ -857,7 +859,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
             "samples_in_shards": plan.samples,
             "threads": torch.get_num_threads(),
             "optimizer_impl": optimizer_impl,
-            # Distinct keys in the --exclude files; data_excluded counts the reads skipped.
+            # Distinct exclusions (keys left out everywhere, plus (shard, key) pairs);
+            # data_excluded counts the reads skipped.
             "exclude_keys": len(exclude),
         }
         if evaluator:

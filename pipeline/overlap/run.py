@@ -8,6 +8,7 @@ once for all eval sets together (locally or on Spark), and the outputs are writt
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -76,6 +77,13 @@ class TrainShards:
             return p.relative_to(src).as_posix()
         except ValueError:
             return p.name
+
+    def absolute(self, shard_id: int) -> str:
+        return self._resolved[shard_id]
+
+    @functools.cached_property
+    def _resolved(self) -> tuple[str, ...]:
+        return tuple(str(p.resolve()) for p in self.paths)
 
 
 @dataclass
@@ -486,18 +494,27 @@ def _notes(
 
 
 def _key_columns(refs: np.ndarray, result: SearchResult, shards: TrainShards) -> dict[str, list]:
-    keys, sources, shard_names = [], [], []
+    keys, sources, shard_names, shard_paths = [], [], [], []
     for r in refs:
         if r == EMPTY_REF:
             keys.append(None)
             sources.append(None)
             shard_names.append(None)
+            shard_paths.append(None)
         else:
             sid = ref_shard(int(r))
             keys.append(result.key(int(r)))
             sources.append(shards.sources[sid])
             shard_names.append(shards.relative(sid))
-    return {"train_key": keys, "train_source": sources, "train_shard": shard_names}
+            shard_paths.append(shards.absolute(sid))
+    return {
+        "train_key": keys,
+        "train_source": sources,
+        "train_shard": shard_names,
+        # Where the shard is on this machine: training's --exclude leaves the key out of
+        # that shard alone when it trains on it (keys repeat across datasets).
+        "train_shard_path": shard_paths,
+    }
 
 
 def _write_eval_set(
@@ -615,6 +632,7 @@ def _write_decontaminate(
                     ("train_key", pa.string()),
                     ("train_source", pa.string()),
                     ("train_shard", pa.string()),
+                    ("train_shard_path", pa.string()),
                     ("eval_set", pa.string()),
                     ("eval_id", pa.string()),
                     ("score", pa.float64()),

@@ -76,13 +76,51 @@ def test_excluded_keys_never_yielded(tmp_path: Path) -> None:
     excluded = set(keys[::3])
     path = tmp_path / "decontaminate.parquet"
     pq.write_table(pa.table({"key": sorted(excluded), "eval": ["x"] * len(excluded)}), path)
-    assert load_exclusions(path) == excluded
+    assert load_exclusions(path).everywhere == excluded
     plan = plan_data(str(tmp_path / "d"))
     stream = ShardStream(plan, 5, _to_tensor, list, exclude=load_exclusions(path))
     batches = _collect(stream, 20)  # several epochs
     seen = {k for b in batches for k in b["keys"]}
     assert seen == set(keys) - excluded
     assert batches[-1]["stats"]["excluded"] >= len(excluded)
+
+
+def test_exclusions_naming_a_shard_leave_the_key_out_of_that_shard_only(tmp_path: Path) -> None:
+    # Two datasets numbered alike (as img2dataset numbers each from 000000000): the same
+    # keys in both. The overlap tool's rows name the shard each key was found in.
+    keys = write_shards(tmp_path / "a", n_shards=2, per_shard=6)
+    assert write_shards(tmp_path / "b", n_shards=2, per_shard=6, seed=1) == keys
+    shard_a = tmp_path / "a" / "00001.tar"
+    named = keys[6:9]  # in a/00001.tar
+    elsewhere = tmp_path / "moved" / "00000.tar"  # a shard this run does not read
+    path = tmp_path / "decontaminate.parquet"
+    rows = {
+        "train_key": [*named, keys[0]],
+        "train_shard_path": [str(shard_a.resolve())] * 3 + [str(elsewhere)],
+    }
+    pq.write_table(pa.table(rows), path)
+    # Another spelling of the same folder names the same shards.
+    spec = f"{tmp_path / 'b' / '..' / 'a'}::{tmp_path / 'b'}"
+    plan = plan_data(spec)
+    exclusions = load_exclusions(path, plan.shards)
+    assert exclusions.in_shard(shard_a) == set(named)
+    assert exclusions.in_shard(tmp_path / "b" / "00001.tar") == set()
+    # The key whose shard is not read here is left out everywhere, and said so.
+    assert exclusions.everywhere == {keys[0]}
+    assert len(exclusions) == 4
+    (note,) = exclusions.notes
+    assert f"1 shard(s) it names are not in --train-data (first {elsewhere})" in note
+
+    # One batch of every usable sample (the shuffle buffer holds the whole pass).
+    (batch,) = _collect(ShardStream(plan, 19, _to_tensor, list, exclude=exclusions), 1)
+    # keys[0] is left out of both datasets; the named keys only of a/00001.tar: in b
+    # they are other images, and are trained on.
+    from_a = [k for k in keys if k not in named and k != keys[0]]
+    assert sorted(batch["keys"]) == sorted(from_a + keys[1:])
+    assert batch["stats"]["excluded"] == 2 + 3
+    # Without the shard column (older reports), keys alone: left out of both datasets.
+    pq.write_table(pa.table({"train_key": rows["train_key"]}), path)
+    assert load_exclusions(path, plan.shards).everywhere == {*named, keys[0]}
 
 
 def test_exclusion_file_needs_key_column(tmp_path: Path) -> None:
@@ -100,8 +138,8 @@ def test_exclusions_from_several_files_and_the_overlap_tools_column(tmp_path: Pa
     dups, decontam = tmp_path / "duplicates.parquet", tmp_path / "decontaminate.parquet"
     pq.write_table(pa.table({"key": ["a", "b", None], "duplicate_of": ["x", "y", "z"]}), dups)
     pq.write_table(pa.table({"train_key": ["b", "c"], "eval_id": ["1", "2"]}), decontam)
-    assert load_exclusions([dups, decontam]) == {"a", "b", "c"}
-    assert load_exclusions(str(decontam)) == {"b", "c"}
+    assert load_exclusions([dups, decontam]).everywhere == {"a", "b", "c"}
+    assert load_exclusions(str(decontam)).everywhere == {"b", "c"}
     args = run.parse_args(
         ["--train-data", "d", "--output", "o", "--exclude", str(dups), "--exclude", str(decontam)]
     )
