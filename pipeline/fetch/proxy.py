@@ -11,7 +11,6 @@ second lookup to rebind) and never follows a redirect itself. A refusal is a ``4
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import http.server
 import ipaddress
@@ -25,6 +24,7 @@ import urllib.parse
 from email.message import Message
 from types import TracebackType
 
+from pipeline.fetch.connections import OpenConnections
 from pipeline.fetch.guard import AddressGuard, Resolver, system_resolver
 
 log = logging.getLogger(__name__)
@@ -87,13 +87,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.proxy.timeout  # bounds every read and write on the client
         super().setup()
-        self.server.proxy._track(self.connection, True)
+        self.server.proxy.connections.add(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.server.proxy._track(self.connection, False)
+            self.server.proxy.connections.discard(self.connection)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("%s " + format, self.address_string(), *args)
@@ -304,7 +304,7 @@ class GuardedProxy:
         self.refusals: list[tuple[str, str]] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
+        self.connections = OpenConnections()
         self._server = _Server(self)
         self.port: int = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -323,11 +323,7 @@ class GuardedProxy:
         self._stopped = True
         self._server.shutdown()
         self._server.server_close()
-        with self._lock:
-            conns = list(self._connections)
-        for c in conns:  # wake handlers blocked on a client read or in a tunnel
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
+        self.connections.shutdown_all()  # wake handlers blocked on a client read or in a tunnel
         self._thread.join()
 
     def __enter__(self) -> GuardedProxy:
@@ -351,10 +347,3 @@ class GuardedProxy:
         log.error("proxy handler failed", exc_info=exc)
         with self._lock:
             self.errors.append(f"{type(exc).__name__}: {exc}")
-
-    def _track(self, conn: socket.socket, alive: bool) -> None:
-        with self._lock:
-            if alive:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)

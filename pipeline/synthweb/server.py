@@ -13,10 +13,8 @@ reverse DNS lookup.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import http.server
-import socket
 import socketserver
 import sys
 import threading
@@ -28,6 +26,7 @@ from ipaddress import ip_address
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from pipeline.fetch.connections import OpenConnections
 from pipeline.synthweb.site import (
     DRIP_PIECES,
     RETRY_AFTER_SECONDS,
@@ -86,13 +85,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.server.web._track(self.connection, True)
+        self.server.web.connections.add(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.server.web._track(self.connection, False)
+            self.server.web.connections.discard(self.connection)
 
     def log_message(self, format: str, *args: object) -> None:
         """Silence: a benchmark makes millions of requests; the request log is in memory."""
@@ -280,7 +279,7 @@ class SynthWeb:
         self._hits: Counter[tuple[int, str]] = Counter()
         self._in_flight = [0] * spec.n_hosts
         self._max_in_flight = [0] * spec.n_hosts
-        self._connections: set[socket.socket] = set()
+        self.connections = OpenConnections()
         # (time.monotonic(), host_index, path without query, User-Agent or None)
         self.request_log: list[tuple[float, int, str, str | None]] = []
         self._servers = self._bind(addresses, port, fallback_port)
@@ -375,11 +374,7 @@ class SynthWeb:
             t.join()
         for s in self._servers:
             s.server_close()
-        with self._lock:
-            conns = list(self._connections)
-        for c in conns:
-            with contextlib.suppress(OSError):  # already closed by the client
-                c.shutdown(socket.SHUT_RDWR)
+        self.connections.shutdown_all()
 
     def __enter__(self) -> SynthWeb:
         return self
@@ -437,10 +432,3 @@ class SynthWeb:
     def _end(self, host_index: int) -> None:
         with self._lock:
             self._in_flight[host_index] -= 1
-
-    def _track(self, conn: socket.socket, alive: bool) -> None:
-        with self._lock:
-            if alive:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -66,6 +67,32 @@ def test_binds_loopback_only_and_stops(proxy: GuardedProxy) -> None:
     proxy.stop()  # idempotent
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+
+
+def test_stop_hangs_up_an_idle_keep_alive_client(web: SynthWeb) -> None:
+    # A handler waiting for a keep-alive client's next request would hold on until its
+    # 30 s timeout; stop() shuts the connection down and the client sees the end at once.
+    proxy = GuardedProxy(AddressGuard.from_cidrs(["127.0.0.0/8"]), timeout=30.0)
+    entry = web.site.by_fault(None)[0]
+    url = web.url_for(entry)
+    s, head, body = _raw(proxy.port, f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    with s:
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(
+            next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")).split(
+                b":"
+            )[1]
+        )
+        while len(body) < length:
+            body += s.recv(65536)
+        assert body == web.payload(entry) and len(proxy.connections) == 1  # kept alive
+        proxy.stop()
+        s.settimeout(5)  # well under the handler's 30 s
+        assert s.recv(1) == b""
+    deadline = time.monotonic() + 5
+    while len(proxy.connections) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the woken handler finishes and unregisters
+    assert len(proxy.connections) == 0 and proxy.errors == []
 
 
 def test_normal_image_is_relayed_byte_for_byte(web: SynthWeb, proxy: GuardedProxy) -> None:
