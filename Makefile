@@ -9,7 +9,7 @@ BENCHES := download extract curate overlap build train
 export WANDB_MODE := disabled
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: install demo test lint format bench gpu-check clean $(addprefix bench-,$(BENCHES))
+.PHONY: install demo test lint format bench gpu-check gpu-test clean $(addprefix bench-,$(BENCHES))
 
 # Debian packages the tests read offline: WordNet 3.0 (query lists).
 SYSTEM_PACKAGES := wordnet-base
@@ -74,6 +74,10 @@ bench-overlap: bench-system-packages
 # On a machine with a GPU: ViT-B-32 for a few hundred steps from synthetic shards.
 gpu-check: $(STAMP)
 	$(PY) -m training.gpu_check --out data/gpu-check
+
+# Every check that needs CUDA: the CUDA-only tests, gpu-check, a resume, --accum-freq.
+gpu-test: $(STAMP)
+	PYTHON=$(PY) .ci/gpu data/gpu-ci
 
 clean:
 	rm -rf $(VENV) data .pytest_cache $(OPENCLIP_DEPS)

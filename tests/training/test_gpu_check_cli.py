@@ -7,11 +7,15 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from training.gpu_check import (
@@ -144,3 +148,18 @@ def test_the_check_trains_with_its_flags(
     assert "--compile" in train_argv
     assert train_argv[train_argv.index("--accum-freq") + 1] == "2"
     assert main(argv) == 3 and "--accum-freq" not in asked[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine .ci/gpu runs in whole")
+def test_gpu_script_refuses_a_machine_without_cuda_before_writing_anything(
+    tmp_path: Path,
+) -> None:
+    script = Path(__file__).resolve().parents[2] / ".ci" / "gpu"
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_CI_WORKDIR": str(tmp_path / "work")}
+    done = subprocess.run(
+        [str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert "error: no CUDA device: .ci/gpu runs on a GPU machine" in done.stderr
+    assert not (tmp_path / "work").exists()  # no shards made, no run started
+    assert list((tmp_path / "out").iterdir()) == [tmp_path / "out" / "device.txt"]
