@@ -17,7 +17,9 @@ Five tasks, in order, each one of the project's commands:
    predictions: accuracy on Overlap, Clean and All, as CLIP's section 5.
 
 Every task is a rerun-safe command: the build resumes committed shards, the overlap
-report and the trained run are rewritten whole. Run parameters (``output``, ``eval``,
+reports are rewritten whole, and the training run continues from its last checkpoint
+(``--resume auto``: a retry goes on where it stopped, a rerun after success has nothing
+left to train and evaluates again; to train anew, give another ``run`` folder). Run parameters (``output``, ``eval``,
 ``build_args``, ``overlap_args``, ``run``, ``train_args``) come from the trigger's conf;
 ``output`` and ``run`` may be relative to the repository, paths inside the ``*_args``
 lists should be absolute (or URLs). This file holds only the DAG (nothing runs when it is
@@ -53,7 +55,9 @@ def _train_argv(params: dict) -> list[str]:
     """training.run on the dataset less its image duplicates and the overlap, with
     zero-shot evaluation on the run's eval sets."""
     out, run = params["output"], params["run"]
-    argv = [PYTHON, "-m", "training.run", "--train-data", out, "--output", run]
+    # --resume auto: a retry continues from the run's last checkpoint, and a rerun after
+    # success finds nothing left to train; a new model needs a new ``run`` folder.
+    argv = [PYTHON, "-m", "training.run", "--train-data", out, "--output", run, "--resume", "auto"]
     argv += ["--exclude", f"{out}/dedup/duplicates.parquet"]
     argv += ["--exclude", f"{out}/overlap/decontaminate.parquet"]
     for spec in params["eval"]:

@@ -14,6 +14,10 @@ from typing import Any
 from training.optim import load_optimizer_state
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed: none to find, not a file, unreadable."""
+
+
 @dataclass(frozen=True)
 class Position:
     """Where a run stands: the next optimizer step, the next global batch of the stream
@@ -61,13 +65,28 @@ def checkpoint_state(
 
 
 def restore(
-    path: Path, model: Any, optimizer: Any, scaler: Any, cuda_device: int | None = None
+    path: Path,
+    model: Any,
+    optimizer: Any,
+    scaler: Any,
+    cuda_device: int | None = None,
+    model_config: dict[str, Any] | None = None,
 ) -> Position:
     """Loads a checkpoint into ``model``, ``optimizer`` and ``scaler`` (keeping the
-    optimizer's own kernels) and the RNG states; returns where the run stood."""
+    optimizer's own kernels) and the RNG states; returns where the run stood.
+    ``model_config``: the architecture ``model`` was built from, which must be the one the
+    checkpoint records (a model config file edited since fails here, by name)."""
     import torch
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    saved = ckpt.get("model_config")
+    if model_config is not None and saved is not None and saved != model_config:
+        changed = sorted(_differences(saved, model_config))
+        raise CheckpointError(
+            f"--resume {path}: the model config changed since this checkpoint was written "
+            f"({', '.join(changed[:5])}); resume with the config it records, or start a "
+            "new run"
+        )
     model.load_state_dict(strip_compile_prefix(ckpt["model"]))
     load_optimizer_state(optimizer, ckpt["optimizer"])
     if scaler is not None and "scaler" in ckpt:
@@ -85,11 +104,70 @@ def restore(
     )
 
 
+def _differences(a: Any, b: Any, where: str = "") -> list[str]:
+    """The dotted keys at which two JSON-like dicts differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))
+        return out
+    return [] if a == b else [where or "(root)"]
+
+
+def list_checkpoints(output: Path) -> list[Path]:
+    """A run folder's checkpoints, oldest first (the names sort by step)."""
+    return sorted((output / "checkpoints").glob("step_*.pt"))
+
+
 def find_latest(output: Path) -> Path:
-    ckpts = sorted((output / "checkpoints").glob("step_*.pt"))
+    ckpts = list_checkpoints(output)
     if not ckpts:
-        raise FileNotFoundError(f"--resume latest: no checkpoints in {output / 'checkpoints'}")
+        raise CheckpointError(
+            f"--resume latest: no checkpoints in {output / 'checkpoints'} (--resume auto "
+            "starts a new run when there is none)"
+        )
     return ckpts[-1]
+
+
+def resolve_resume(resume: str, output: Path) -> Path | None:
+    """``--resume``'s checkpoint: ``latest``, the run's newest (there must be one);
+    ``auto``, the newest or None, a new run (preemptible jobs, a workflow's reruns); or a
+    checkpoint file."""
+    if resume == "latest":
+        return find_latest(output)
+    if resume == "auto":
+        ckpts = list_checkpoints(output)
+        return ckpts[-1] if ckpts else None
+    path = Path(resume)
+    if not path.is_file():
+        raise CheckpointError(
+            f"--resume {resume}: no such checkpoint file (give a checkpoint's path, latest or auto)"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What a checkpoint says of its run: the options it was started with, its model's
+    name and the next step."""
+
+    options: dict[str, Any]
+    model: str | None
+    step: int
+
+
+def recorded(path: Path) -> Recorded:
+    """A checkpoint's ``Recorded``, read without loading its tensors (memory-mapped)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        data = ckpt["data"]
+        step = int(data.get("next_step", data["next_batch"]))
+    except Exception as e:  # a torn or foreign file: torch raises many types
+        raise CheckpointError(f"--resume {path}: not a readable checkpoint ({e})") from None
+    options = dict(ckpt.get("args", {}))
+    return Recorded(options, ckpt.get("model_name", options.get("model")), step)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

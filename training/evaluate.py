@@ -26,12 +26,14 @@ RECALL_KS: tuple[int, ...] = (1, 5, 10)
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
-def load_zeroshot_sets(specs: Sequence[str]) -> list[EvalSet]:
-    """Eval sets for ``--zeroshot`` specs; raises ``EvalSetError`` naming the bad one."""
+def load_zeroshot_sets(specs: Sequence[str], eval_root: str | Path | None = None) -> list[EvalSet]:
+    """Eval sets for ``--zeroshot`` specs (a bare NAME is looked up in ``eval_root``);
+    raises ``EvalSetError`` naming the bad one."""
+    root = Path(eval_root) if eval_root is not None else None
     sets = []
     for spec in specs:
         try:
-            sets.append(load_eval_set(parse_eval_spec(spec)))
+            sets.append(load_eval_set(parse_eval_spec(spec), root=root))
         except EvalSetError as e:
             # The registry words its errors for pipeline.overlap's --eval flag.
             raise EvalSetError(str(e).replace("--eval ", "--zeroshot ", 1)) from None
@@ -179,9 +181,10 @@ class Evaluator:
         templates_file: str | None,
         val_data: str | None,
         val_max: int = 0,
+        eval_root: str | Path | None = None,
     ) -> Evaluator:
         templates = read_templates(templates_file) if templates_file else None
-        sets = load_zeroshot_sets(zeroshot_specs)
+        sets = load_zeroshot_sets(zeroshot_specs, eval_root)
         pairs = read_pairs(val_data, val_max) if val_data else []
         return cls(sets, templates, pairs)
 

@@ -25,9 +25,12 @@ from pipeline.overlap.evalsets import EvalSetError
 from pipeline.overlap.templates import TemplatesError
 from pipeline.shards.atomic import write_text_atomic
 from training.checkpoints import (
+    CheckpointError,
     Position,
     checkpoint_state,
-    find_latest,
+    list_checkpoints,
+    recorded,
+    resolve_resume,
     restore,
     save_checkpoint,
 )
@@ -84,6 +87,14 @@ DEFAULTS: dict[str, Any] = {
     "grad_clip_norm": 0.0,
 }
 DEFAULT_STEPS = 100  # when neither --steps nor --epochs is given
+# Options a resumed run does not take from its checkpoint: this machine's and this
+# invocation's own, which do not change what is trained.
+NOT_INHERITED = frozenset(
+    {
+        "config", "resume", "output", "check", "workers", "threads", "compile",
+        "compile_backend", "optimizer_impl", "grad_checkpointing",
+    }
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pre.add_argument("--config")
     pre.add_argument("--steps")
     pre.add_argument("--epochs")
+    pre.add_argument("--resume")
+    pre.add_argument("--output")
     known, _ = pre.parse_known_args(argv)
     p = argparse.ArgumentParser(prog="python -m training.run", description=__doc__)
     p.add_argument("--config", help="JSON file of option defaults (keys as the flags, _ for -)")
@@ -189,7 +202,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "and epoch): works with fewer shards than ranks x workers",
     )
     p.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only the end)")
-    p.add_argument("--resume", help="checkpoint path, or 'latest' in OUTPUT/checkpoints")
+    p.add_argument(
+        "--resume",
+        help="continue a run: a checkpoint's path, 'latest' (the newest in "
+        "OUTPUT/checkpoints) or 'auto' (the newest if there is one, else a new run); the "
+        "options the run was started with are the defaults, flags given again override them "
+        "(except the machine's own: "
+        f"{', '.join(sorted(NOT_INHERITED - {'config', 'resume', 'output', 'check'}))})",
+    )
     p.add_argument(
         "--exclude",
         action="append",
@@ -223,6 +243,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--val-data", help="held-out shards for image-text retrieval recall@1/5/10")
     p.add_argument("--val-max", type=int, help="at most N held-out pairs (0: all)")
     p.add_argument(
+        "--eval-root",
+        help="folder holding the --zeroshot sets given by NAME alone (DIR/NAME), as "
+        "pipeline.overlap's --eval-root",
+    )
+    p.add_argument(
         "--eval-every", type=int, help="also evaluate every N steps (0: only at the end)"
     )
     p.add_argument(
@@ -237,7 +262,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         help="also write scalars to OUTPUT/tensorboard (needs: pip install tensorboard)",
     )
-    defaults = dict(DEFAULTS)
+    for action in p._actions:  # --help shows every default
+        if action.dest in DEFAULTS and action.help and "default" not in action.help:
+            action.help += f" (default: {DEFAULTS[action.dest]})"
+    cfg: dict[str, Any] = {}
     if known.config:
         cfg = json.loads(Path(known.config).read_text())
         unknown = set(cfg) - {a.dest for a in p._actions}
@@ -252,7 +280,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     f"--config {known.config}: {action.dest}={value!r}, "
                     f"not one of {list(action.choices)}"
                 )
-        defaults.update(cfg)
+    # A resumed run's options are its defaults: a preempted job resumes with the same
+    # command, and one resumed by hand need not repeat what it was started with (its
+    # exclusions above all). The config file and the flags override them.
+    output, resume = known.output or cfg.get("output"), known.resume or cfg.get("resume")
+    checkpoint, run_was, inherited = None, None, {}
+    if resume and not output:
+        p.error("--resume needs --output, the run's folder")
+    # Checkpoint problems are CheckpointError, one line from main(), not a usage error.
+    if resume:
+        checkpoint = resolve_resume(resume, Path(output))
+    if checkpoint is not None:
+        run_was = recorded(checkpoint)
+        dests = {a.dest for a in p._actions} - NOT_INHERITED
+        inherited = {k: v for k, v in run_was.options.items() if k in dests}
+        if run_was.model is not None:
+            inherited["model"] = run_was.model
+    if not resume and output and (done := list_checkpoints(Path(output))):
+        raise CheckpointError(
+            f"--output {output} already holds a run (checkpoints up to {done[-1].name}): "
+            "--resume latest continues it, or give another --output"
+        )
+    if cfg.get("steps") is not None or cfg.get("epochs") is not None:
+        inherited.pop("steps", None)  # the file sets the run's length, whichever it names
+        inherited.pop("epochs", None)
+    defaults = {**DEFAULTS, **inherited, **cfg}
     # Repeatable options (--exclude, --zeroshot): one value or a list in the file, and
     # flags replace the file's list rather than add to it, as for every other option.
     lists = {a.dest for a in p._actions if isinstance(a, argparse._AppendAction)}
@@ -272,7 +324,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.steps = None
     if args.steps is None and args.epochs is None:
         args.steps = DEFAULT_STEPS
-    if not args.train_data or not args.output:
+    args.checkpoint = checkpoint  # what --resume names; None: a new run
+    if run_was is not None:
+        # (A --model with no config at all is said as such when the model is built.)
+        if run_was.model not in (None, args.model) and args.model in available_models():
+            raise CheckpointError(
+                f"--model {args.model}: {checkpoint} holds a {run_was.model} model; drop "
+                "--model to resume it, or start a new run in another --output"
+            )
+        if args.steps is not None and run_was.step > args.steps:
+            raise CheckpointError(past_the_end(checkpoint, run_was.step, args.steps))
+    if not args.check and (not args.train_data or not args.output):
         p.error("--train-data and --output are required (on the command line or in --config)")
     for name in ("steps", "epochs", "max_nan_skips", "batch_size", "log_every", "accum_freq"):
         value = getattr(args, name)
@@ -387,6 +449,25 @@ class TimingWindow:
         }
         self.restart(start=self.end)  # the next window starts where this one ended
         return means
+
+
+def past_the_end(path: Path, step: int, total: int) -> str:
+    return (
+        f"--resume {path}: the run is at step {step}, past the {total} steps asked for; "
+        "give more --steps (or --epochs), or start a new run in another --output"
+    )
+
+
+def drop_lines_after(path: Path, step: int) -> int:
+    """Keeps the JSON lines of ``path`` whose step is at most ``step``; returns how many
+    were dropped (a missing file: none)."""
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+    return len(lines) - len(kept)
 
 
 def stop_if_nonfinite(check: LossCheck) -> None:
@@ -569,10 +650,19 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         total_steps = args.epochs * per_epoch
     else:
         total_steps = args.steps
+    per_step = args.batch_size * accum * world_size
+    if per_step > plan.samples:
+        # The stream would refill the batch from another pass: the same image twice in one
+        # contrastive batch, each the other's false negative.
+        raise TrainDataError(
+            f"a step takes {per_step} samples ({args.batch_size} x {accum} micro-batch(es) "
+            f"x {world_size} rank(s)), more than the {plan.samples} in the shards: a batch "
+            "would hold samples twice; lower --batch-size or train on more data"
+        )
     per_epoch = max(1, per_epoch)
     # Eval sets and templates are checked now too, not after hours of training.
     evaluator = Evaluator.from_args(
-        args.zeroshot or [], args.templates, args.val_data, args.val_max
+        args.zeroshot or [], args.templates, args.val_data, args.val_max, args.eval_root
     )
     model_config = load_config(args.model)  # recorded in every checkpoint
     model, preprocess_train, preprocess_val, tokenizer = build(
@@ -595,9 +685,11 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     start = 0  # the first optimizer step
     start_batch = 0  # the stream's first batch: start x accum, unless --accum-freq changed
     skipped = 0  # steps whose update was dropped for a non-finite loss (--on-nan skip)
-    if args.resume:
-        path = find_latest(output) if args.resume == "latest" else Path(args.resume)
-        position = restore(path, model, optimizer, scaler, device.index if world_size > 1 else None)
+    if args.checkpoint is not None:
+        path = args.checkpoint
+        position = restore(
+            path, model, optimizer, scaler, device.index if world_size > 1 else None, model_config
+        )
         start, start_batch, skipped = position.step, position.batch, position.skipped_steps
         if position.batches_per_epoch not in (None, per_epoch * accum):
             print(
@@ -606,7 +698,28 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                 "changed): the data order differs",
                 file=sys.stderr,
             )
+        if start > total_steps:  # --epochs: known once the data is counted
+            raise CheckpointError(past_the_end(path, start, total_steps))
         print(f"resumed from {path} at step {start}", file=sys.stderr)
+        if start == total_steps and is_main:
+            print(f"training.run: already at step {start}: nothing to train", file=sys.stderr)
+    elif args.resume and is_main:
+        print(
+            f"training.run: --resume {args.resume}: no checkpoint in {output / 'checkpoints'}: "
+            "a new run",
+            file=sys.stderr,
+        )
+    if is_main:
+        # Lines logged after the checkpoint (or by a run that saved none) are logged again
+        # by this run: the logs hold each step once, in order.
+        for log_name in ("metrics.jsonl", "zeroshot.jsonl"):
+            dropped = drop_lines_after(output / log_name, start)
+            if dropped:
+                print(
+                    f"training.run: {log_name}: {dropped} line(s) past step {start} dropped "
+                    "(written after the last checkpoint)",
+                    file=sys.stderr,
+                )
 
     if is_main:  # said once every check has passed
         print(
@@ -835,14 +948,19 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                         accum=accum,
                         schedule={"warmup": args.warmup, "total": total_steps},
                         extra={
-                            "args": {k: v for k, v in vars(args).items() if k != "resume"},
+                            "args": {
+                                k: v
+                                for k, v in vars(args).items()
+                                if k not in ("resume", "checkpoint")
+                            },
                             "model_name": args.model,
                             "model_config": model_config,
                         },
                     )
                     save_checkpoint(output / "checkpoints" / f"step_{step:08d}.pt", state)
         bar.close()
-        last_loss = float(last_reported.item()) if last_reported is not None else math.nan
+        # None (JSON null) when no step of this invocation updated the model.
+        last_loss = float(last_reported.item()) if last_reported is not None else None
         if not is_main:
             return {"steps": step, "loss": last_loss, "rank": rank}
         write_curves(metrics_path, output / "curves.png")
@@ -908,7 +1026,7 @@ def check_options(args: argparse.Namespace) -> str:
         )
     load_config(args.model)
     evaluator = Evaluator.from_args(
-        args.zeroshot or [], args.templates, args.val_data, args.val_max
+        args.zeroshot or [], args.templates, args.val_data, args.val_max, args.eval_root
     )
     sets = ", ".join(f"{s.name} ({len(s):,} items)" for s in evaluator.sets) or "none"
     return (
@@ -918,8 +1036,8 @@ def check_options(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         if args.check:
             print(check_options(args))
             return 0
@@ -932,6 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
         EvalSetError,
         TemplatesError,
         TrainOptionError,
+        CheckpointError,
     ) as e:
         print(f"training.run: {e}", file=sys.stderr)
         return 2

@@ -140,9 +140,12 @@ def test_airflow_runs_the_pipeline_on_the_demo_and_stops_at_a_failing_stage(
 
     # A stage that fails fails the run, and the stages after it never start: a missing
     # eval set, or a model with no config, stops the run at the check, before the build.
+    # The run folder holds the run just trained: fewer steps than it has done cannot
+    # resume it (a new run there would leave the report reading the old checkpoints).
     for bad, message in (
         ({"eval": [f"imagefolder:{tmp_path}/none"]}, "does not exist"),
         ({"train_args": ["--model", "ViT-H-99"]}, "--model ViT-H-99: no config"),
+        ({"train_args": ["--steps", "3"]}, "the run is at step 6, past the 3 steps asked for"),
     ):
         wrong = {**conf, "output": str(tmp_path / "data2"), **bad}
         failed = _airflow(home, "dags", "test", "wit_pipeline", "-c", json.dumps(wrong))

@@ -93,3 +93,15 @@ def eval_set(n: int, seed: int = 12345, image_size: int = 32) -> tuple[list[byte
         images.append(make_image(r.randrange(1 << 30) + (1 << 31), names[c], image_size))
         labels.append(c)
     return images, labels
+
+
+def imagefolder(root: Path, per_class: int, seed: int = 777) -> Path:
+    """Class-folder tree of coloured shapes: root/<colour>/<n>.jpg, seeds unseen in training."""
+    r = random.Random(seed)
+    for colour in COLOURS:
+        (root / colour).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (root / colour / f"{i:03d}.jpg").write_bytes(
+                make_image(r.randrange(1 << 30) + (1 << 31), colour)
+            )
+    return root

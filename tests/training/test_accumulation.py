@@ -147,7 +147,7 @@ def test_epochs_count_optimizer_steps_of_all_micro_batches(shards: Path, tmp_pat
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 80 // (8 * 3)  # 3 steps of 24 samples; 8 left over
     assert [r["step"] for r in _metrics(out)] == [1, 2, 3]
-    code = run.main([*argv, "--batch-size", "32", "--epochs", "1", "--output", str(out)])
+    code = run.main([*argv, "--batch-size", "32", "--epochs", "1", "--output", str(out) + "2"])
     assert code == 2  # 32 x 3 > 80 samples: not one optimizer step's worth
 
 

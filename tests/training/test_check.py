@@ -50,3 +50,31 @@ def test_check_fails_as_the_run_would(
     err = capsys.readouterr().err
     assert err.startswith("training.run: ") and message in err
     assert not (tmp_path / "run").exists()
+
+
+def test_check_needs_neither_the_data_nor_the_run_folder_and_finds_sets_by_root(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _eval_set(tmp_path / "evals" / "imagefolder")
+    # A bare NAME is looked up under --eval-root, as pipeline.overlap does.
+    assert run.main(["--check", "--zeroshot", "imagefolder"]) == 2
+    assert "--eval-root" in capsys.readouterr().err
+    argv = ["--check", "--zeroshot", "imagefolder", "--eval-root", str(tmp_path / "evals")]
+    assert run.main(argv) == 0
+    assert "zero-shot sets: imagefolder (6 items)" in capsys.readouterr().out
+
+
+def test_help_shows_every_default(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        run.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in (
+        ("--model MODEL", "tiny"),
+        ("--batch-size BATCH_SIZE", "32"),
+        ("--lr LR", "0.0005"),
+        ("--warmup WARMUP", "10"),
+        ("--workers WORKERS", "0"),
+        ("--save-every SAVE_EVERY", "0"),
+    ):
+        help_of = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert f"(default: {default})" in help_of, (flag, help_of)

@@ -4,7 +4,6 @@ the overlap tool reads back, prompt templates, and retrieval recall@K."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +15,10 @@ from pipeline.overlap.__main__ import main as overlap_main
 from pipeline.overlap.evalsets import load_eval_set, parse_eval_spec
 from pipeline.overlap.predictions import read_predictions
 from pipeline.overlap.templates import IMAGENET_TEMPLATES, read_templates, templates_for
-from tests.training.shardgen import COLOURS, make_image, write_shards
+from tests.training.shardgen import imagefolder, write_shards
 from training import evaluate, run
 
 COMMON = ["--model", "tiny", "--batch-size", "32", "--threads", "1", "--shuffle-buffer", "200"]
-
-
-def _imagefolder(root: Path, per_class: int, seed: int = 777) -> Path:
-    """Class-folder tree of coloured shapes: root/<colour>/<n>.jpg, seeds unseen in training."""
-    r = random.Random(seed)
-    for colour in COLOURS:
-        (root / colour).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            (root / colour / f"{i:03d}.jpg").write_bytes(
-                make_image(r.randrange(1 << 30) + (1 << 31), colour)
-            )
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +28,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path,
     write_shards(shards, n_shards=4, per_shard=100, seed=0)
     val = base / "val"
     write_shards(val, n_shards=1, per_shard=40, seed=99)
-    folder = _imagefolder(base / "shapes", per_class=25)
+    folder = imagefolder(base / "shapes", per_class=25)
     templates = base / "templates.txt"
     templates.write_text("a photo of a {}.\n\nsomething {} coloured\n")
     out = base / "run"
@@ -177,7 +164,7 @@ def test_bad_eval_spec_fails_before_training(
     out = tmp_path / "run"
     spec = spec.format(missing=tmp_path / "missing")
     argv = ["--train-data", str(shards), "--output", str(out), *COMMON, "--steps", "2"]
-    assert run.main([*argv, "--zeroshot", spec]) == 2
+    assert run.main([*argv, "--batch-size", "4", "--zeroshot", spec]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("training.run: ") and message in err[0], err
     assert not (out / "checkpoints").exists()
