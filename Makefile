@@ -80,4 +80,4 @@ gpu-test: $(STAMP)
 	PYTHON=$(PY) .ci/gpu data/gpu-ci
 
 clean:
-	rm -rf $(VENV) data .pytest_cache $(OPENCLIP_DEPS)
+	rm -rf $(VENV) data runs .pytest_cache $(OPENCLIP_DEPS)

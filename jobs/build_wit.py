@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="PATH",
-        help="pair lists (Parquet, CSV, TSV, JSONL)",
+        help="pair lists (Parquet, CSV, TSV, JSONL), folders of them or globs",
     )
     p.add_argument("--crawl", nargs="+", default=None, metavar="URL", help="seed pages to crawl")
     p.add_argument("--output", default=None, help="output directory (default: data/demo)")
@@ -122,13 +122,14 @@ def config_from_args(args: argparse.Namespace) -> object:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.demo import DEMO_PORT, demo_config, demo_web
-    from pipeline.spark.build import run_build
+    from pipeline.spark.build import check_query_inputs, run_build
     from pipeline.spark.session import get_session
 
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
         note = ignored_settings_note(args)
+        check_query_inputs(config)  # a missing file is one line now, not a traceback later
     except (ConfigError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

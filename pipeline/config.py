@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import ipaddress
 import math
+import sys
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -298,6 +299,12 @@ HELP.update(
         "max_hamming": "image dedup: pHash bits that may differ (default: 4 of 64)",
     }
 )
+
+
+def prog_name(module: str, script: str) -> str:
+    """The usage line's command: the installed ``script`` (wit-download, ...) when that is
+    what runs, else ``python -m module``."""
+    return script if Path(sys.argv[0]).name == script else f"python -m {module}"
 
 
 class CliParser(argparse.ArgumentParser):

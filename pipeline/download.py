@@ -1,4 +1,4 @@
-"""python -m pipeline.download --input FILE --output DIR: a pair list to WebDataset shards.
+"""python -m pipeline.download --input FILE|DIR|GLOB --output DIR: pair lists to WebDataset shards.
 
 Every input row ends as exactly one ledger row (DIR/ledger/*.parquet) with a status;
 every success as one sample in DIR/shards/NNNNN.tar. Reruns skip committed shards.
@@ -17,6 +17,7 @@ from pipeline.config import (
     add_setting_flags,
     build_config,
     load_settings,
+    prog_name,
     settings_from_args,
 )
 from pipeline.sources.pairs import InputError
@@ -24,11 +25,16 @@ from pipeline.sources.pairs import InputError
 
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(
-        prog="python -m pipeline.download",
+        prog=prog_name("pipeline.download", "wit-download"),
         description="Download the images of a pair list (Parquet, CSV, TSV, JSONL) into WebDataset "
         "tar shards + Parquet (img2dataset layout), with a ledger row for every input row.",
     )
-    p.add_argument("--input", required=True, help="pair list: .parquet, .csv, .tsv or .jsonl")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="pair list: .parquet, .csv, .tsv or .jsonl; or a folder of them (one format, "
+        "read in name order) or a quoted glob",
+    )
     p.add_argument("--output", required=True, help="output directory (reruns resume it)")
     p.add_argument("--config", help="TOML or YAML file with the same settings as the flags")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -35,7 +35,7 @@ from pipeline.images.process import process_image
 from pipeline.schema import STATUSES, Status
 from pipeline.shards.layout import OutputLayout, make_key
 from pipeline.shards.writer import ShardWriter, dumps, write_json_atomic
-from pipeline.sources.pairs import InputError, PairRow, read_pairs
+from pipeline.sources.pairs import InputError, PairRow, expand_inputs, read_inputs
 from pipeline.stats.counters import Counters, format_table
 
 PLAN_SCHEMA = pa.schema(
@@ -86,16 +86,30 @@ def _fingerprint(input_path: str, config: DownloadConfig) -> dict[str, Any]:
     the settings that shape the shards and their images."""
     import fsspec
 
-    digest = hashlib.sha256()
+    def sha256_of(path: str) -> str:
+        digest = hashlib.sha256()
+        try:
+            with fsspec.open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        except (OSError, ValueError):
+            pass  # read_pairs reports an unreadable input with a clear message
+        return digest.hexdigest()
+
     try:
-        with fsspec.open(input_path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    except (OSError, ValueError):
-        pass  # read_pairs reports an unreadable input with a clear message
+        files = expand_inputs(input_path)
+    except InputError:
+        files = [input_path]  # read_inputs reports it
+    # One file: its own digest (as before folders were read, so older plans still match).
+    # Several: the digest of their digests in order, so adding, dropping or reordering a
+    # file changes the plan as much as editing one does.
+    digests = [sha256_of(f) for f in files]
+    combined = (
+        digests[0] if len(digests) == 1 else hashlib.sha256(" ".join(digests).encode()).hexdigest()
+    )
     return {
         "input": input_path,
-        "input_sha256": digest.hexdigest(),
+        "input_sha256": combined,
         "url_col": config.url_col,
         "caption_col": config.caption_col,
         "samples_per_shard": config.samples_per_shard,
@@ -110,10 +124,10 @@ def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
     two datasets in one directory.
     """
     layout = OutputLayout(Path(output))
-    layout.make_dirs()
     fingerprint = json.loads(json.dumps(_fingerprint(input_path, config), default=str))
     plan_json = layout.plan_dir / "plan.json"
     if plan_json.is_file():
+        layout.make_dirs()
         saved = json.loads(plan_json.read_text())
         # The path may differ (a moved or copied input); content and settings may not.
         changed = sorted(
@@ -125,7 +139,8 @@ def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
                 f"({', '.join(changed)} changed): use another --output"
             )
         return Plan(saved["n_rows"], saved["n_shards"], tuple(saved["rows_per_shard"]))
-    rows = read_pairs(input_path, config.url_col, config.caption_col)
+    rows = read_inputs(input_path, config.url_col, config.caption_col)
+    layout.make_dirs()  # after the input is read: a bad one leaves no empty folders behind
     sps = config.samples_per_shard
     sizes = []
     for sid, start in enumerate(range(0, len(rows), sps)):

@@ -76,3 +76,27 @@ def test_every_setting_has_help_and_is_documented() -> None:
     for name, _ in iter_settings(DownloadConfig) + iter_settings(BuildConfig):
         assert name in HELP, f"{name} has no help text"
         assert f"`{name.replace('_', '-')}`" in doc, f"{name} missing from docs/CONFIG.md"
+
+
+@pytest.mark.parametrize(
+    ("script", "module"),
+    [
+        ("wit-download", "pipeline.download"),
+        ("wit-overlap", "pipeline.overlap"),
+        ("wit-synthweb", "pipeline.synthweb"),
+    ],
+)
+def test_usage_names_the_command_that_runs(script: str, module: str) -> None:
+    import subprocess
+    import sys
+
+    installed = Path(sys.executable).parent / script
+    if not installed.exists():
+        pytest.skip(f"{script} is not installed in this environment")
+    as_script = subprocess.run([str(installed), "--help"], capture_output=True, text=True)
+    as_module = subprocess.run(
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True
+    )
+    assert as_script.returncode == 0 and as_module.returncode == 0
+    assert as_script.stdout.startswith(f"usage: {script} ")
+    assert as_module.stdout.startswith(f"usage: python -m {module} ")

@@ -3,6 +3,7 @@ nothing and duplicates nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 
 from pipeline.download import main
 from pipeline.engine import ledger_rows
+from pipeline.shards.layout import make_key
 from pipeline.synthweb.server import SynthWeb
 from pipeline.synthweb.site import SiteSpec
 
@@ -81,6 +83,8 @@ def test_bad_input_files_give_one_error_line(
     code, _, err = _run(["--input", str(path), "--output", str(tmp_path / "o")], capsys)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message in err
+    # Nothing made of the output but its run lock: no empty plan, ledger or shard folders.
+    assert [p.name for p in (tmp_path / "o").iterdir()] == [".lock"]
 
 
 def test_help_describes_every_flag(capsys: pytest.CaptureFixture) -> None:
@@ -129,6 +133,42 @@ def test_config_file_and_flags(tmp_path: Path, capsys: pytest.CaptureFixture) ->
             images = [n for n in tf.getnames() if n.endswith(".webp")]
         assert len(images) == len(rows)
         assert {(r["width"], r["height"]) for r in ledger_rows(tmp_path / "o")} == {(48, 48)}
+
+
+@pytest.mark.parametrize("given", ["folder", "glob"])
+def test_a_folder_or_glob_downloads_its_files_in_name_order_and_resumes(
+    given: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # Loopback is refused by default: every row gets its ledger row without a connection.
+    urls = {name: [f"http://127.0.0.1:9/{name}-{i}.jpg" for i in range(3)] for name in "ba"}
+    for name, file_urls in urls.items():
+        pq.write_table(
+            pa.Table.from_pylist([{"url": u, "caption": f"cap {u}"} for u in file_urls]),
+            folder / f"part-{name}.parquet",
+        )
+    (folder / "_SUCCESS").write_text("")
+    source = str(folder) if given == "folder" else str(folder / "part-*.parquet")
+    argv = ["--input", source, "--output", str(tmp_path / "o"), "--samples-per-shard", "4",
+            "--processes", "1", "--no-progress"]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    ledger = sorted(ledger_rows(tmp_path / "o"), key=lambda r: r["row_index"])
+    # one ledger row per input row, in file-name order, keys and shards following that order
+    assert [r["url"] for r in ledger] == urls["a"] + urls["b"]
+    assert [r["row_index"] for r in ledger] == list(range(6))
+    assert [r["key"] for r in ledger] == [make_key(i // 4, i % 4, 4) for i in range(6)]
+    assert {r["status"] for r in ledger} == {"blocked_address"}
+    code, _, err = _run(argv, capsys)  # a rerun resumes: nothing left to do
+    assert code == 0, err
+    assert json.loads((tmp_path / "o" / "stats.json").read_text())["rows_this_run"] == 0
+    pq.write_table(
+        pa.Table.from_pylist([{"url": "http://127.0.0.1:9/c.jpg", "caption": "c"}]),
+        folder / "part-c.parquet",
+    )
+    code, _, err = _run(argv, capsys)  # a file more is another input
+    assert code == 2 and "planned from a different input" in err, err
 
 
 def _invariants(out: Path, n_rows: int) -> None:

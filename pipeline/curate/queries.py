@@ -299,6 +299,11 @@ def read_titles(paths: Iterable[str]) -> list[str]:
     return [s for line in iter_lines(paths) if (s := line.strip().replace("_", " "))]
 
 
+def missing_wordnet_files(wordnet_dir: str) -> list[str]:
+    """The WordNet 3.0 database files that ``wordnet_dir`` lacks (none: it can be read)."""
+    return [name for name in _WORDNET_FILES if not (Path(wordnet_dir) / name).is_file()]
+
+
 def open_wordnet(wordnet_dir: str = DEFAULT_WORDNET_DIR) -> Any:
     """nltk's ``WordNetCorpusReader`` on a local WordNet 3.0 database folder.
 
@@ -308,7 +313,7 @@ def open_wordnet(wordnet_dir: str = DEFAULT_WORDNET_DIR) -> Any:
     look for that download.
     """
     root = Path(wordnet_dir)
-    missing = [name for name in _WORDNET_FILES if not (root / name).is_file()]
+    missing = missing_wordnet_files(wordnet_dir)
     if missing:
         raise FileNotFoundError(
             f"no WordNet 3.0 database in {root} (missing {', '.join(missing)}): install "

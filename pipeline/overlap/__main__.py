@@ -11,7 +11,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.config import ConfigError, build_config, load_settings, settings_from_args
+from pipeline.config import (
+    ConfigError,
+    build_config,
+    load_settings,
+    prog_name,
+    settings_from_args,
+)
 from pipeline.overlap.calibrate import CalibrationError
 from pipeline.overlap.config import OverlapConfig, add_overlap_flags
 from pipeline.overlap.detectors import DetectorError
@@ -30,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="python -m pipeline.overlap",
+        prog=prog_name("pipeline.overlap", "wit-overlap"),
         description="Train-test overlap (CLIP section 5): find eval items duplicated in the "
         "training shards, split each eval set into Overlap and Clean, and report accuracy on "
         "each with a binomial test and Clopper-Pearson intervals.",

@@ -12,6 +12,7 @@ import functools
 import io
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -700,10 +701,17 @@ def _fetch_training_images(
     return got
 
 
+# An eval set's name as ``--eval`` spells one (evalsets._SPEC: a kind or an ALIAS).
+_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*$")
+
+
 def parse_named_paths(
     values: Sequence[str], known: Sequence[str], what: str
 ) -> tuple[dict[str, Path], list[Path]]:
-    """``NAME:PATH`` entries (NAME among ``known``) and plain paths, from repeated flags."""
+    """``NAME:PATH`` entries (NAME among ``known``) and plain paths, from repeated flags.
+
+    A prefix that looks like a name (no ``/``) but is not one is a misspelt or wrong name,
+    unless the whole value is a path that exists (a file name may hold a colon)."""
     named: dict[str, Path] = {}
     plain: list[Path] = []
     for v in values:
@@ -712,6 +720,11 @@ def parse_named_paths(
             if name in named:
                 raise EvalSetError(f"{what} for {name} given twice")
             named[name] = Path(rest).expanduser()
+        elif sep and _NAME.match(name) and not Path(v).expanduser().exists():
+            raise EvalSetError(
+                f"{what} {v}: {name} is not an --eval set ({', '.join(dict.fromkeys(known))}); "
+                "use NAME:PATH with one of them"
+            )
         else:
             plain.append(Path(v).expanduser())
     return named, plain

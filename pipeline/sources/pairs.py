@@ -102,8 +102,12 @@ def _check_columns(path: str, columns: list[str], url_col: str, caption_col: str
         )
 
 
-def read_pairs(path: str, url_col: str = "url", caption_col: str = "caption") -> list[PairRow]:
-    """Read every row of a pair list. Raises InputError when the file is unusable."""
+def read_pairs(
+    path: str, url_col: str = "url", caption_col: str = "caption", allow_empty: bool = False
+) -> list[PairRow]:
+    """Read every row of a pair list. Raises InputError when the file is unusable, or
+    holds no rows unless ``allow_empty`` (one file of several: a Spark job's empty
+    partition is a file with no rows)."""
     fmt = detect_format(path)
     try:
         with fsspec.open(path, "rb", compression="infer") as f:
@@ -113,6 +117,8 @@ def read_pairs(path: str, url_col: str = "url", caption_col: str = "caption") ->
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read {path}: {e}") from None
     if not data.strip():
+        if allow_empty:
+            return []
         raise InputError(f"input file is empty: {path}")
     if fmt == "parquet":
         rows = list(_read_parquet(path, data, url_col, caption_col))
@@ -122,8 +128,83 @@ def read_pairs(path: str, url_col: str = "url", caption_col: str = "caption") ->
         )
     else:
         rows = list(_read_jsonl(path, data, url_col, caption_col))
-    if not rows:
+    if not rows and not allow_empty:
         raise InputError(f"input file has no rows: {path}")
+    return rows
+
+
+def expand_inputs(path: str) -> list[str]:
+    """The pair lists ``path`` names, as img2dataset reads its input: a file; a folder,
+    meaning its files of one format (sorted by name; hidden and ``_``-prefixed files, such
+    as Spark's ``_SUCCESS`` and ``.crc``, and files of no pair-list format are skipped); or
+    a glob (sorted). Local or fsspec URLs. Raises InputError when nothing usable is named."""
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(path)
+    remote = "://" in path
+
+    def shown(p: str) -> str:
+        return fs.unstrip_protocol(p) if remote else p
+
+    if fs.isfile(root):
+        return [path]
+    if fs.isdir(root):
+        listed = sorted(
+            p
+            for p in fs.ls(root, detail=False)
+            if fs.isfile(p) and p.rsplit("/", 1)[-1][:1] not in "._"
+        )
+        files = [p for p in listed if _format_or_none(p)]
+        if not files:
+            raise InputError(
+                f"no pair list in folder {path}: expected files ending in "
+                f"{', '.join(sorted(FORMATS))} (optionally compressed .gz/.bz2/.xz/.zst)"
+            )
+        _one_format([shown(p) for p in files], f"folder {path}")
+        return [shown(p) for p in files]
+    if any(ch in root for ch in "*?["):
+        files = [shown(p) for p in sorted(fs.glob(root)) if fs.isfile(p)]
+        if not files:
+            raise InputError(f"no input file matches {path}")
+        for f in files:
+            detect_format(f)  # a file of no pair-list format among the matches is an error
+        _one_format(files, path)
+        return files
+    raise InputError(f"input file not found: {path}")
+
+
+def _format_or_none(path: str) -> str | None:
+    try:
+        return detect_format(path)
+    except InputError:
+        return None
+
+
+def _one_format(files: list[str], where: str) -> None:
+    by_format: dict[str, list[str]] = {}
+    for f in files:
+        by_format.setdefault(detect_format(f), []).append(f)
+    if len(by_format) > 1:
+        listed = "; ".join(f"{fmt}: {', '.join(fs)}" for fmt, fs in sorted(by_format.items()))
+        raise InputError(
+            f"{where} holds pair lists of {len(by_format)} formats ({listed}): "
+            "give files of one format"
+        )
+
+
+def read_inputs(path: str, url_col: str = "url", caption_col: str = "caption") -> list[PairRow]:
+    """Every row of the pair lists ``path`` names (``expand_inputs``), in file order;
+    ``row_index`` counts across the files, so keys and shards follow that one order."""
+    files = expand_inputs(path)
+    if len(files) == 1:
+        return read_pairs(files[0], url_col, caption_col)
+    rows: list[PairRow] = []
+    for f in files:
+        for r in read_pairs(f, url_col, caption_col, allow_empty=True):
+            r.row_index = len(rows)
+            rows.append(r)
+    if not rows:
+        raise InputError(f"no rows in any of the {len(files)} pair lists of {path}")
     return rows
 
 

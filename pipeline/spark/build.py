@@ -187,16 +187,23 @@ def _driver_candidates(
 ) -> tuple[list[Row], Counters]:
     from pipeline.curate.records import candidate_from_pair_row
     from pipeline.sources.crawl import crawl
-    from pipeline.sources.pairs import read_pairs
+    from pipeline.sources.pairs import InputError, expand_inputs, read_pairs
 
     rows: list[Row] = []
     counters = Counters()
-    for path in config.pairs:
-        d = config.download
-        for pr in read_pairs(path, d.url_col, d.caption_col):
-            c = candidate_from_pair_row(pr)
-            rows.append({**c.to_dict(), "candidate_id": f"pairs:{path}#{pr.row_index:09d}"})
-        counters.add("pairs.files")
+    # A folder or glob is its files, each read on its own: ids name the file they came from.
+    d = config.download
+    for given in config.pairs:
+        files = expand_inputs(given)
+        before = len(rows)
+        for path in files:
+            # One file of several may be empty (a Spark job's empty partition).
+            for pr in read_pairs(path, d.url_col, d.caption_col, allow_empty=len(files) > 1):
+                c = candidate_from_pair_row(pr)
+                rows.append({**c.to_dict(), "candidate_id": f"pairs:{path}#{pr.row_index:09d}"})
+            counters.add("pairs.files")
+        if len(rows) == before:
+            raise InputError(f"no rows in any of the {len(files)} pair lists of {given}")
     if config.crawl:
         log(
             f"crawl: {len(config.crawl)} seed(s), depth <= {config.crawler.max_depth}, pages <= {config.crawler.max_pages}"
@@ -208,9 +215,37 @@ def _driver_candidates(
     return rows, counters
 
 
+def check_query_inputs(config: BuildConfig) -> None:
+    """Raise InputError when a local file the query list is read or built from is missing:
+    checked before Spark starts, not minutes later at the query stage."""
+    from pipeline.curate.queries import missing_wordnet_files
+    from pipeline.sources.pairs import InputError
+
+    if config.queries:
+        if "://" not in config.queries and not Path(config.queries).is_file():
+            raise InputError(
+                f"query list not found: {config.queries}: give an existing file to --queries, "
+                "or leave it out to build the list"
+            )
+        return
+    q = config.query
+    for flag, paths in (("--corpus-files", q.corpus_files), ("--title-files", q.title_files)):
+        for path in paths:
+            if "://" not in path and not Path(path).is_file():
+                raise InputError(f"{flag}: no such file: {path}")
+    if q.wordnet and (missing := missing_wordnet_files(q.wordnet_dir)):
+        raise InputError(
+            f"no WordNet 3.0 database in {q.wordnet_dir} (missing {', '.join(missing)}): "
+            "install the Debian package wordnet-base (apt-get install wordnet-base), give "
+            "--wordnet-dir DIR (a folder holding index.noun, data.noun, ...), or build the "
+            "query list without WordNet with --wordnet false"
+        )
+
+
 def _query_entries(config: BuildConfig, out: Path) -> list[str]:
     from pipeline.curate.queries import build_queries, load_queries, query_entries, save_queries
 
+    check_query_inputs(config)  # again: run_build may be called without the job's check
     table = load_queries(config.queries) if config.queries else build_queries(config.query)
     save_queries(table, out / "queries.parquet")
     return query_entries(table)

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
+
+# Warnings and errors only, as `make demo` sets with spark-submit --conf (see the file).
+LOG4J2_FILE = Path(__file__).with_name("log4j2.properties")
+JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 
 
 def local_environment() -> None:
@@ -22,6 +27,29 @@ def local_environment() -> None:
     bin_dir = os.path.dirname(sys.executable)
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def quiet_settings(conf: dict[str, Any] | None = None) -> dict[str, str]:
+    """Settings that keep a session started from Python as quiet as `make demo`: the
+    project's log4j2 file (no INFO start-up lines) and no ``[Stage ...]`` progress bars,
+    which pyspark turns on as for its shell. Only when this process starts the JVM (under
+    spark-submit it is running, its options set) and the user set no driver Java options
+    of their own (``conf``, PYSPARK_SUBMIT_ARGS, a log4j2 file in SPARK_CONF_DIR)."""
+    from pyspark import SparkConf, SparkContext
+
+    out = {"spark.ui.showConsoleProgress": "false"}
+    if SparkContext._jvm is not None or "PYSPARK_GATEWAY_PORT" in os.environ:
+        return out
+    conf_dir = os.environ.get("SPARK_CONF_DIR")
+    if (
+        JAVA_OPTIONS in (conf or {})
+        or SparkConf().contains(JAVA_OPTIONS)
+        or "extraJavaOptions" in os.environ.get("PYSPARK_SUBMIT_ARGS", "")
+        or (conf_dir and (Path(conf_dir) / "log4j2.properties").is_file())
+    ):
+        return out
+    out[JAVA_OPTIONS] = f"-Dlog4j2.configurationFile=file:{LOG4J2_FILE}"
+    return out
 
 
 def get_session(
@@ -53,6 +81,7 @@ def get_session(
         "spark.sql.shuffle.partitions": "8",
         "spark.python.worker.reuse": "true",
         "spark.pyspark.python": sys.executable,
+        **quiet_settings(conf),
     }
     settings.update(conf or {})
     for key, value in settings.items():

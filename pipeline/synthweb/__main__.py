@@ -19,7 +19,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pipeline.synthweb.site import Site, SiteSpec
+from pipeline.config import prog_name
+from pipeline.synthweb.site import Site, SiteSpec, reference_flags
 
 DEFAULT_PORT = 8765
 COLUMNS = ("url", "caption", "fault", "expected_status", "host")
@@ -66,7 +67,7 @@ def _site_options() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     common = _site_options()
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.synthweb",
+        prog=prog_name("pipeline.synthweb", "wit-synthweb"),
         description="A deterministic generated website on loopback, with known faults, for tests and benchmarks.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the URL list (url, caption, fault, expected_status, host index)",
         description="Write one row per image URL with its caption, fault kind and the "
         "status the downloader must record (no server is started; use the same --port "
-        "and site options as serve).",
+        "and site options as serve). expected_status holds for the reference download "
+        "settings, loopback allowed (the engine refuses it by default): python -m "
+        f"pipeline.download --input OUT --output DIR {reference_flags()}",
     )
     urls.add_argument("--out", required=True, help="output file: .parquet, .csv or .jsonl")
     return parser

@@ -247,6 +247,23 @@ class PageImage:
         return None if self.form == "no_alt" else self.entry.caption
 
 
+def reference_flags() -> str:
+    """``REFERENCE_SETTINGS`` as ``pipeline.download`` flags, every one spelled out so the
+    command stays right whatever the engine's defaults become."""
+    flags = []
+    for key, value in REFERENCE_SETTINGS.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is False:
+            flags.append(f"{flag} false")
+        elif isinstance(value, tuple):
+            flags.append(f"{flag} {','.join(value)}")
+        else:
+            flags.append(f"{flag} {value}")
+    return " ".join(flags)
+
+
 def reference_config() -> DownloadConfig:
     """The DownloadConfig under which ``expected_status`` holds (see the module docstring)."""
     from pipeline.config import DownloadConfig, build_config

@@ -193,6 +193,28 @@ CASES: list[tuple[str, list[str], str]] = [
         r"--predictions FILE without a name needs exactly one --eval",
     ),
     (
+        "predictions for a name that is no eval set, one set",
+        ["--eval", "pets=imagefolder:{tmp}/pets", "--predictions", "imagenet:{tmp}/cols.csv"],
+        r"--predictions imagenet:.*cols\.csv: imagenet is not an --eval set \(pets\); ",
+    ),
+    (
+        "predictions for a misspelt name, two sets",
+        [
+            "--eval",
+            "cifar10:{tmp}/c",
+            "--eval",
+            "pets=imagefolder:{tmp}/pets",
+            "--predictions",
+            "pest:{tmp}/cols.csv",
+        ],
+        r"--predictions pest:.*: pest is not an --eval set \(cifar10, pets\); ",
+    ),
+    (
+        "eval root for a name that is no eval set",
+        ["--eval", "cifar10", "--eval-root", "cifar100:{tmp}/c"],
+        r"--eval-root cifar100:.*: cifar100 is not an --eval set \(cifar10\); ",
+    ),
+    (
         "predictions file missing",
         ["--eval", "cifar10:{tmp}/c", "--predictions", "{tmp}/none.csv"],
         r"predictions file .*none\.csv: not found",
@@ -291,3 +313,16 @@ def test_check_validates_the_inputs_without_the_training_data(
     )
     assert code == 2 and err.startswith("error: ") and "nonsense" in err
     assert not out.exists()
+
+
+def test_a_file_name_with_a_colon_is_a_plain_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_imagefolder(tmp_path / "pets", ["cat", "dog"], 1)
+    Path("pets:run1.csv").write_text("id,prediction\n")  # reads as NAME:FILE, but exists
+    args = build_parser().parse_args(
+        ["--eval", "imagefolder:pets", "--predictions", "pets:run1.csv", "--train", ".",
+         "--out", "out"]
+    )  # fmt: skip
+    assert job_from_args(args).predictions == {"imagefolder": Path("pets:run1.csv")}

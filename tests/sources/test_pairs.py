@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -8,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.schema import Status
-from pipeline.sources.pairs import InputError, read_pairs
+from pipeline.sources.pairs import InputError, expand_inputs, read_inputs, read_pairs
 
 ROWS = [
     {"url": "http://127.0.0.1/a.jpg", "caption": "a red circle", "license": "cc0"},
@@ -128,3 +129,102 @@ def test_binary_parquet_columns_with_invalid_utf8(tmp_path: Path) -> None:
     rows = read_pairs(str(path))
     assert rows[0].status is None and rows[0].caption == "good"
     assert rows[1].status is Status.INVALID_CAPTION
+
+
+def _rows(name: str, n: int) -> list[dict]:
+    return [{"url": f"http://127.0.0.1/{name}{i}.jpg", "caption": f"{name} {i}"} for i in range(n)]
+
+
+def test_a_folder_is_its_pair_lists_in_name_order(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _write(folder / "part-b.parquet", _rows("b", 1), "parquet")
+    _write(folder / "part-a.parquet", _rows("a", 2), "parquet")
+    (folder / "_SUCCESS").write_text("")  # what Spark writes next to its parts
+    (folder / ".part-a.parquet.crc").write_bytes(b"crc")
+    (folder / "notes.txt").write_text("not a pair list\n")
+    (folder / "sub.csv").mkdir()
+    assert expand_inputs(str(folder)) == [
+        str(folder / "part-a.parquet"),
+        str(folder / "part-b.parquet"),
+    ]
+    rows = read_inputs(str(folder))
+    assert [(r.row_index, r.url) for r in rows] == [
+        (0, "http://127.0.0.1/a0.jpg"),
+        (1, "http://127.0.0.1/a1.jpg"),
+        (2, "http://127.0.0.1/b0.jpg"),
+    ]
+
+
+def test_empty_parts_of_a_folder_add_no_rows_but_an_all_empty_folder_is_an_error(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # Spark writes an empty partition as a Parquet file with its schema and no rows.
+    pq.write_table(
+        pa.table({"url": pa.array([], pa.string()), "caption": pa.array([], pa.string())}),
+        folder / "part-0.parquet",
+    )
+    _write(folder / "part-1.parquet", _rows("a", 2), "parquet")
+    assert [r.row_index for r in read_inputs(str(folder))] == [0, 1]
+    (folder / "part-1.parquet").unlink()
+    shutil.copy(folder / "part-0.parquet", folder / "part-2.parquet")
+    with pytest.raises(InputError, match=r"no rows in any of the 2 pair lists of .*in$"):
+        read_inputs(str(folder))
+    # One file alone with no rows is still its own error.
+    with pytest.raises(InputError, match="input file has no rows"):
+        read_inputs(str(folder / "part-0.parquet"))
+
+
+def test_a_glob_is_its_matches_sorted(tmp_path: Path) -> None:
+    _write(tmp_path / "2.csv", _rows("b", 1), "csv")
+    _write(tmp_path / "1.csv", _rows("a", 1), "csv")
+    _write(tmp_path / "other.jsonl", _rows("c", 1), "jsonl")
+    pattern = str(tmp_path / "*.csv")
+    assert expand_inputs(pattern) == [str(tmp_path / "1.csv"), str(tmp_path / "2.csv")]
+    assert [r.url for r in read_inputs(pattern)] == [
+        "http://127.0.0.1/a0.jpg",
+        "http://127.0.0.1/b0.jpg",
+    ]
+
+
+def test_a_file_is_itself_even_when_its_name_looks_like_a_glob(tmp_path: Path) -> None:
+    path = _write(tmp_path / "pairs[1].csv", ROWS, "csv")
+    assert expand_inputs(str(path)) == [str(path)]
+
+
+@pytest.mark.parametrize(
+    ("layout", "given", "message"),
+    [
+        (
+            {"a.csv": "csv", "b.parquet": "parquet"},
+            "in",
+            r"folder .*in holds pair lists of 2 formats \(csv: .*a\.csv; parquet: .*b\.parquet\): give files of one format",
+        ),
+        (
+            {"a.csv": "csv", "b.jsonl": "jsonl"},
+            "in/*",
+            r"in/\* holds pair lists of 2 formats \(csv: .*a\.csv; jsonl: .*b\.jsonl\)",
+        ),
+        (
+            {"notes.txt": None},
+            "in",
+            r"no pair list in folder .*in: expected files ending in \.csv, ",
+        ),
+        ({}, "in/*.parquet", r"no input file matches .*in/\*\.parquet$"),
+        ({}, "in/missing.csv", r"input file not found: .*in/missing\.csv$"),
+    ],
+)
+def test_unusable_folders_and_globs_are_one_error(
+    layout: dict, given: str, message: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, fmt in layout.items():
+        if fmt is None:
+            (folder / name).write_text("x\n")
+        else:
+            _write(folder / name, ROWS, fmt)
+    with pytest.raises(InputError, match=message):
+        read_inputs(str(tmp_path / given))

@@ -239,14 +239,21 @@ class _SparkWouldStart(Exception):
     pass
 
 
-@pytest.mark.parametrize("given", ["flag", "config file", "neither"])
-def test_job_notes_that_processes_is_ignored_on_spark(
-    given: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
-    def no_spark(*args, **kwargs):
+@pytest.fixture
+def no_spark(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job's main() stops where it would start Spark (checks before it are tested)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
         raise _SparkWouldStart
 
-    monkeypatch.setattr("pipeline.spark.session.get_session", no_spark)
+    monkeypatch.setattr("pipeline.spark.session.get_session", refuse)
+
+
+@pytest.mark.parametrize("given", ["flag", "config file", "neither"])
+@pytest.mark.usefixtures("no_spark")
+def test_job_notes_that_processes_is_ignored_on_spark(
+    given: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     cfg = tmp_path / "download.toml"
     cfg.write_text("processes = 4\nthreads = 8\n" if given == "config file" else "threads = 8\n")
     argv = ["--pairs", "x.parquet", "--config", str(cfg)]
@@ -262,3 +269,53 @@ def test_job_notes_that_processes_is_ignored_on_spark(
     assert err.count("\n") == 1
     assert err.startswith(f"note: {named} is ignored on Spark: each shard is one Spark task; ")
     assert "--master local[N]" in err
+
+
+@pytest.mark.parametrize("missing", ["queries", "wordnet-dir"])
+@pytest.mark.usefixtures("no_spark")
+def test_job_missing_query_input_is_one_error_line_before_spark(
+    missing: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    gone = tmp_path / "missing"
+    if missing == "queries":
+        argv = ["--queries", str(gone / "q.txt")]
+        expected = f"error: query list not found: {gone / 'q.txt'}: "
+    else:
+        argv = ["--wordnet-dir", str(gone)]
+        expected = f"error: no WordNet 3.0 database in {gone} (missing index.noun, "
+    code = _build_job().main(["--pairs", "x.parquet", "--output", str(tmp_path / "out"), *argv])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(expected)
+    if missing == "wordnet-dir":  # what a user without wordnet-base does next
+        assert "wordnet-base" in err and "--wordnet-dir DIR" in err and "--wordnet false" in err
+
+
+@pytest.mark.usefixtures("no_spark")
+def test_job_without_wordnet_needs_no_database(tmp_path: Path) -> None:
+    argv = ["--pairs", "x.parquet", "--wordnet-dir", str(tmp_path / "none"), "--wordnet", "false"]
+    with pytest.raises(_SparkWouldStart):  # the advice of the error above works
+        _build_job().main(argv)
+
+
+def test_pairs_folder_is_read_file_by_file_in_name_order(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from pipeline.spark.build import _driver_candidates
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for name in ("b", "a"):
+        pq.write_table(
+            pa.Table.from_pylist([{"url": f"http://x.test/{name}.jpg", "caption": "a dog"}]),
+            folder / f"{name}.parquet",
+        )
+    (folder / "_SUCCESS").write_text("")
+    empty = {"url": pa.array([], pa.string()), "caption": pa.array([], pa.string())}
+    pq.write_table(pa.table(empty), folder / "c.parquet")  # an empty Spark partition
+    rows, counters = _driver_candidates(BuildConfig(pairs=(str(folder),)), log=lambda m: None)
+    assert [r["candidate_id"] for r in rows] == [
+        f"pairs:{folder / 'a.parquet'}#000000000",
+        f"pairs:{folder / 'b.parquet'}#000000000",
+    ]
+    assert counters.to_dict()["pairs.files"] == 3

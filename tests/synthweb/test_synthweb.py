@@ -664,3 +664,22 @@ def test_import_starts_nothing() -> None:
         "assert images._grain_tile.cache_info().currsize == 0\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=TIMEOUT * 3)
+
+
+def test_urls_help_gives_the_download_command_of_the_reference_settings(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import shlex
+
+    from pipeline.download import build_parser as download_parser
+    from pipeline.download import config_from_args
+    from pipeline.synthweb.site import reference_config
+
+    with pytest.raises(SystemExit):
+        main(["urls", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    command = text.split("python -m pipeline.download ", 1)[1].split(" options:")[0]
+    assert "--allow-networks 127.0.0.0/8" in command
+    # the command as printed gives exactly the settings the expected statuses assume
+    args = download_parser().parse_args(shlex.split(command))
+    assert config_from_args(args) == reference_config()
