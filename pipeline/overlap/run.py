@@ -13,6 +13,7 @@ import io
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -352,6 +353,7 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
             out / s.name,
         )
     _write_decontaminate(prep, result, offsets, out / "decontaminate.parquet")
+    _remove_stale_sets(out, {s.name for s in prep.eval_sets}, log)
     bonf = bonferroni({n: r["p_value"] for n, r in per_set.items()}, cfg.alpha)
     rep.write_json(out / "report.json", per_set)
     notes = _notes(prep, result, codes)
@@ -492,6 +494,16 @@ def _notes(
             "predictions report overlap only."
         )
     return notes
+
+
+def _remove_stale_sets(out: Path, current: set[str], log: Callable[[str], None]) -> None:
+    """A report rewritten into the same folder with fewer eval sets: the folders of the
+    sets it no longer has (this tool's, known by their splits.parquet) would pass for
+    part of it."""
+    for folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in current):
+        if (folder / "splits.parquet").is_file():
+            shutil.rmtree(folder)
+            log(f"removed {folder}: eval set {folder.name} is not in this report")
 
 
 def _key_columns(refs: np.ndarray, result: SearchResult, shards: TrainShards) -> dict[str, list]:

@@ -167,3 +167,23 @@ def test_a_given_threshold_skips_calibration(scenario: Scenario, tmp_path: Path)
     assert pq.read_table(tmp_path / "decontaminate.parquet").num_rows == 0
     assert not (tmp_path / "cifar10" / "borderline.png").exists()
     json.loads((tmp_path / "report.json").read_text())  # still strict JSON
+
+
+def test_a_report_rewritten_with_fewer_sets_drops_the_others_folders(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    out = tmp_path / "report"
+    run_overlap(_job(scenario, out, threshold=THRESHOLD, contact_pairs=0), log=lambda _: None)
+    (out / "notes").mkdir()  # not the tool's: left alone
+    assert {"cifar10", "pets"} <= {p.name for p in out.iterdir()}
+    job = OverlapJob(
+        evals=(parse_eval_spec(f"cifar10:{scenario.cifar}"),),
+        train=(scenario.ours,),
+        out=out,
+        config=OverlapConfig(threshold=THRESHOLD, processes=1, contact_pairs=0),
+    )
+    said: list[str] = []
+    run_overlap(job, log=said.append)
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["cifar10", "notes"]
+    assert f"removed {out / 'pets'}: eval set pets is not in this report" in said
+    assert set(json.loads((out / "report.json").read_text())) == {"cifar10"}
