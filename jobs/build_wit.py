@@ -38,6 +38,13 @@ PROCESSES_NOTE = (
     "--executor-cores)"
 )
 
+# The demo honours robots.txt (the synthweb's reference settings), which engine
+# img2dataset cannot: its demo runs without it, and says so.
+DEMO_ROBOTS_NOTE = (
+    "note: the demo honours robots.txt with engine native; engine img2dataset cannot "
+    "read it, so this demo downloads without it"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.spark.build import BuildConfig
@@ -87,12 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def ignored_settings_note(args: argparse.Namespace) -> str | None:
-    """The note to print when ``processes`` is given (flag or config file), else None."""
+    """The note lines to print for settings this run accepts but cannot honour, else None:
+    ``processes`` (flag or config file), and with engine img2dataset the settings it
+    ignores. Raises ConfigError for one that must not be ignored: robots.txt asked for
+    with engine img2dataset."""
+    notes = []
     if args.processes is not None:
-        return PROCESSES_NOTE.format(given="--processes")
-    if args.config and load_settings(args.config).get("processes") is not None:
-        return PROCESSES_NOTE.format(given=f"processes in {args.config}")
-    return None
+        notes.append(PROCESSES_NOTE.format(given="--processes"))
+    elif args.config and load_settings(args.config).get("processes") is not None:
+        notes.append(PROCESSES_NOTE.format(given=f"processes in {args.config}"))
+    config = config_from_args(args)
+    if config.engine == "img2dataset":
+        from pipeline.spark.img2dataset_engine import check_config
+
+        notes += check_config(config.download)
+        if not (config.warc or config.pairs or config.crawl):
+            notes.append(DEMO_ROBOTS_NOTE)
+    return "\n".join(notes) or None
 
 
 def config_from_args(args: argparse.Namespace) -> object:
@@ -163,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         [Stage(s["name"], s["count"], s["drops"]) for s in f["stages"]],
     )
     print("\n" + funnel.markdown())
-    print(f"\ndataset: {config.output} (card: {Path(config.output) / 'README.md'})")
+    # A URL joined as text: Path() would fold s3:// into s3:/.
+    print(f"\ndataset: {config.output} (card: {config.output.rstrip('/')}/README.md)")
     return 0
 
 

@@ -253,7 +253,9 @@ HELP.update(
         "pairs": "pair lists (Parquet, CSV, TSV, JSONL)",
         "crawl": "seed pages to crawl",
         "queries": "a saved query list (Parquet, JSON list or text); default: build one",
-        "engine": "download engine: native (default) or img2dataset (its pyspark distributor, behind our address guard as a loopback proxy)",
+        "engine": "download engine: native (default) or img2dataset (its pyspark distributor, "
+        "behind our address guard as a loopback proxy; it refuses respect_robots and ignores "
+        "the byte cap, politeness and backoff settings: see docs/CONFIG.md)",
         "sample_sheet": "images on the dataset card's contact sheet (default: 24)",
         "caption_sources": "texts that may become a caption, in order of preference "
         "(default: alt,figcaption,title)",

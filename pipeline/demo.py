@@ -48,17 +48,21 @@ def demo_config(config: Any, web: Any) -> Any:
     """The build config for the demo: crawl every host of ``web`` from its index page, with
     the synthweb's reference download settings (loopback allowed, robots.txt honoured), and
     a small per-query cap so that balancing shows in a small dataset. Settings the user
-    changed from their defaults are kept."""
+    changed from their defaults are kept. With engine img2dataset robots.txt stays off:
+    that engine refuses it (the job notes that the demo goes without it)."""
     from pipeline.spark.build import BuildConfig
+    from pipeline.spark.img2dataset_engine import REFUSED
     from pipeline.synthweb.site import REFERENCE_SETTINGS
 
     default = BuildConfig()
+    refused = REFUSED if config.engine == "img2dataset" else {}
     fetch = dataclasses.replace(
         config.download.fetch,
         **{
             k: v
             for k, v in REFERENCE_SETTINGS.items()
             if hasattr(config.download.fetch, k)
+            and k not in refused
             and getattr(config.download.fetch, k) == getattr(default.download.fetch, k)
         },
     )

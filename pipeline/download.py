@@ -7,6 +7,7 @@ every success as one sample in DIR/shards/NNNNN.tar. Reruns skip committed shard
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_output(output: str) -> None:
+    """Raises ConfigError for a URL: the engine writes (and locks, and resumes) a local
+    folder; pyarrow would fail on it deep in the plan, after a stray ./s3:/... folder."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", output):
+        raise ConfigError(
+            f"--output {output} is a URL, but the download engine writes a local folder: "
+            "give a local --output, or build with jobs/build_wit.py --pairs FILE "
+            f"--output {output}, which stages the dataset locally and uploads it"
+        )
+
+
 def config_from_args(args: argparse.Namespace) -> DownloadConfig:
     settings = load_settings(args.config) if args.config else {}
     settings.update(settings_from_args(args, DownloadConfig))
@@ -54,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_output(args.output)
         config = config_from_args(args)
         summary = run_download(args.input, args.output, config, show_progress=not args.no_progress)
     except (ConfigError, InputError) as e:

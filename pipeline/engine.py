@@ -117,17 +117,18 @@ def _fingerprint(input_path: str, config: DownloadConfig) -> dict[str, Any]:
     }
 
 
-def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
-    """Split the input into shards under DIR/_plan, or reuse the plan a previous run made.
+def check_plan(input_path: str, output: str | Path, config: DownloadConfig) -> None:
+    """Raises InputError when ``output`` holds a plan made from another input or other
+    settings, as ``plan`` would: for callers that must know before writing anything."""
+    _checked_fingerprint(input_path, output, config)
 
-    A plan made from another input or other settings is refused: mixing them would put
-    two datasets in one directory.
-    """
-    layout = OutputLayout(Path(output))
+
+def _checked_fingerprint(
+    input_path: str, output: str | Path, config: DownloadConfig
+) -> dict[str, Any]:
     fingerprint = json.loads(json.dumps(_fingerprint(input_path, config), default=str))
-    plan_json = layout.plan_dir / "plan.json"
+    plan_json = OutputLayout(Path(output)).plan_dir / "plan.json"
     if plan_json.is_file():
-        layout.make_dirs()
         saved = json.loads(plan_json.read_text())
         # The path may differ (a moved or copied input); content and settings may not.
         changed = sorted(
@@ -138,6 +139,21 @@ def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
                 f"{output} holds a dataset planned from a different input or settings "
                 f"({', '.join(changed)} changed): use another --output"
             )
+    return fingerprint
+
+
+def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
+    """Split the input into shards under DIR/_plan, or reuse the plan a previous run made.
+
+    A plan made from another input or other settings is refused: mixing them would put
+    two datasets in one directory.
+    """
+    layout = OutputLayout(Path(output))
+    fingerprint = _checked_fingerprint(input_path, output, config)
+    plan_json = layout.plan_dir / "plan.json"
+    if plan_json.is_file():
+        layout.make_dirs()
+        saved = json.loads(plan_json.read_text())
         return Plan(saved["n_rows"], saved["n_shards"], tuple(saved["rows_per_shard"]))
     rows = read_inputs(input_path, config.url_col, config.caption_col)
     layout.make_dirs()  # after the input is read: a bad one leaves no empty folders behind

@@ -65,6 +65,24 @@ def test_bad_options_give_one_error_line(
     assert "error:" in lines[0] and message in lines[0]
 
 
+@pytest.mark.parametrize("url", ["s3://bkt/x", "gs://bkt/x/", "file:///tmp/x"])
+def test_a_url_output_is_one_error_line_and_creates_nothing(
+    url: str, pairs_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, _, err = _run(["--input", str(pairs_csv), "--output", url], capsys)
+    assert code == 2
+    assert err == (
+        f"error: --output {url} is a URL, but the download engine writes a local folder: give "
+        f"a local --output, or build with jobs/build_wit.py --pairs FILE --output {url}, "
+        "which stages the dataset locally and uploads it\n"
+    )
+    assert list(work.iterdir()) == []  # no stray ./s3:/bkt/x
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
@@ -133,6 +151,7 @@ def test_config_file_and_flags(tmp_path: Path, capsys: pytest.CaptureFixture) ->
             images = [n for n in tf.getnames() if n.endswith(".webp")]
         assert len(images) == len(rows)
         assert {(r["width"], r["height"]) for r in ledger_rows(tmp_path / "o")} == {(48, 48)}
+        assert not (tmp_path / "o" / "_tmp").exists()  # no scratch folder left, empty or not
 
 
 @pytest.mark.parametrize("given", ["folder", "glob"])

@@ -154,15 +154,49 @@ def state_dict_of(obj: object) -> dict[str, Any] | None:
     }
 
 
-def load_weights(model: Any, state: dict[str, Any], checkpoint: Path, label: str) -> None:
+def load_weights(
+    model: Any,
+    state: dict[str, Any],
+    checkpoint: Path,
+    label: str,
+    hint: str = "give the model config it was trained with",
+) -> None:
     """Strict load; a SigLIP run's ``logit_bias`` gets its parameter first (training.run
-    adds it to the model, the config does not record it)."""
+    adds it to the model, the config does not record it). Weights that do not fit are
+    one line: how many keys are missing, unexpected or of another shape, the first few,
+    and ``hint`` (what to do)."""
     import torch
 
     if "logit_bias" in state and getattr(model, "logit_bias", None) is None:
         model.logit_bias = torch.nn.Parameter(torch.zeros((), device=model.logit_scale.device))
+    problems = weight_mismatch(model.state_dict(), state)
+    if problems:
+        raise OpenClipError(f"checkpoint {checkpoint} does not fit the {label}: {problems}; {hint}")
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+    except RuntimeError as e:  # keys and shapes fit: something else, rarely seen
         msg = " ".join(str(e).split())[:300]
         raise OpenClipError(f"checkpoint {checkpoint} does not fit the {label}: {msg}") from None
+
+
+def weight_mismatch(own: dict[str, Any], state: dict[str, Any], show: int = 3) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``own``, in a
+    few words (torch's own message names every key: kilobytes for another model size);
+    empty when the keys and shapes fit."""
+
+    def shape(t: Any) -> str:
+        return "x".join(str(d) for d in getattr(t, "shape", ())) or "scalar"
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    other = [k for k in own if k in state and shape(own[k]) != shape(state[k])]
+    parts = []
+    for keys, what in ((missing, "missing"), (unexpected, "unexpected")):
+        if keys:
+            more = f", ... {len(keys) - show} more" if len(keys) > show else ""
+            parts.append(f"{len(keys)} {what} key(s) ({', '.join(keys[:show])}{more})")
+    if other:
+        more = f", ... {len(other) - show} more" if len(other) > show else ""
+        shapes = ", ".join(f"{k} {shape(state[k])} vs {shape(own[k])}" for k in other[:show])
+        parts.append(f"{len(other)} of another shape (checkpoint vs model: {shapes}{more})")
+    return "; ".join(parts)

@@ -377,7 +377,8 @@ class OpenClipDetector(EmbeddingDetector):
             state = cm.state_dict_of(cm.read_checkpoint(self.checkpoint))
             if state is None:
                 raise cm.OpenClipError(f"checkpoint {self.checkpoint}: no state dict in it")
-            cm.load_weights(model, state, self.checkpoint, label)
+            hint = "give as CONFIG_JSON the model config it was trained with"
+            cm.load_weights(model, state, self.checkpoint, label, hint)
         except cm.OpenClipError as e:
             raise DetectorError(f"detector {self.source}: {e}") from None
         visual = model.visual.to(device)

@@ -314,13 +314,20 @@ def load_checkpoint_model(
             f"{{'model': state_dict, ...}} (or an open_clip state dict), found {_found(obj)}"
         )
     name = _recorded_name(obj)
+    has_config = isinstance(obj, dict) and isinstance(obj.get("model_config"), dict)
     if cfg_path is not None:
         label = f"model config {cfg_path}"
         source = str(cfg_path)
-    elif isinstance(obj, dict) and isinstance(obj.get("model_config"), dict):
+        hint = "give the --model-config it was trained with"
+        if has_config:
+            hint += ", or leave --model-config out to use the one recorded in the checkpoint"
+        elif name:
+            hint += f" (training.run's for model {name!r}: training/model_configs/{name}.json)"
+    elif has_config:
         cfg = obj["model_config"]
         label = f"model config recorded in {ckpt}"
         source = f"{ckpt} (recorded)"
+        hint = "give --model-config CONFIG.json, the model config it was trained with"
     else:
         hint = (
             f"; training.run's config for it is training/model_configs/{name}.json" if name else ""
@@ -331,7 +338,7 @@ def load_checkpoint_model(
         )
     try:
         model, preprocess, tokenizer = cm.create(cfg, label, dev)
-        cm.load_weights(model, state, ckpt, label)
+        cm.load_weights(model, state, ckpt, label, hint)
     except cm.OpenClipError as e:
         raise ZeroShotError(str(e)) from None
     model.eval()

@@ -11,8 +11,11 @@ which is checked against those rows before it is written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from pipeline.curate.queries import QueryConfig
 from pipeline.dedup.images import DedupConfig
 from pipeline.sources.crawl import CrawlConfig
 from pipeline.sources.html import ExtractConfig
+from pipeline.sources.pairs import InputError
 from pipeline.stats.counters import Counters
 from pipeline.stats.funnel import Funnel
 
@@ -187,7 +191,7 @@ def _driver_candidates(
 ) -> tuple[list[Row], Counters]:
     from pipeline.curate.records import candidate_from_pair_row
     from pipeline.sources.crawl import crawl
-    from pipeline.sources.pairs import InputError, expand_inputs, read_pairs
+    from pipeline.sources.pairs import expand_inputs, read_pairs
 
     rows: list[Row] = []
     counters = Counters()
@@ -219,7 +223,6 @@ def check_query_inputs(config: BuildConfig) -> None:
     """Raise InputError when a local file the query list is read or built from is missing:
     checked before Spark starts, not minutes later at the query stage."""
     from pipeline.curate.queries import missing_wordnet_files
-    from pipeline.sources.pairs import InputError
 
     if config.queries:
         if "://" not in config.queries and not Path(config.queries).is_file():
@@ -296,20 +299,78 @@ def run_build(
 
     fs, remote = fsspec.core.url_to_fs(config.output)
     if fs.exists(f"{remote}/stats.json"):
-        log(f"{config.output} is complete (stats.json present): nothing to do")
         with fs.open(f"{remote}/stats.json") as f:
-            return json.load(f)
+            done = json.load(f)
+        changed = changed_settings(done.get("config", {}), config)
+        if changed:
+            raise InputError(
+                f"{config.output} is complete and was built with other settings "
+                f"({', '.join(changed[:8])} changed): use another --output"
+            )
+        log(f"{config.output} is complete (stats.json present): nothing to do")
+        return done
     staging = (
         Path(".wit-staging").resolve() / hashlib.sha256(config.output.encode()).hexdigest()[:16]
     )
     log(f"staging {config.output} in {staging}")
     stats = _run_build(spark, dataclasses.replace(config, output=str(staging)), log)
-    files = sorted(p for p in staging.rglob("*") if p.is_file() and p.name != "stats.json")
+    n = _upload(staging, fs, remote)
+    log(f"uploaded {n} files to {config.output}; removed the staging folder {staging}")
+    shutil.rmtree(staging)
+    return stats
+
+
+# Run-time settings: how fast and how politely the job works, not what it builds. A
+# resumed or repeated build may change them.
+RUNTIME_SETTINGS = frozenset(
+    {"output", "sample_sheet", "download.processes", "download.threads",
+     "download.decode_threads", "crawler.threads"}
+)  # fmt: skip
+# Fetching (timeouts, retries, politeness, robots.txt): as a local rerun may change them
+# for the shards still to download, without a new plan.
+RUNTIME_PREFIXES = ("download.fetch.",)
+
+
+def changed_settings(recorded: dict[str, Any], config: BuildConfig) -> list[str]:
+    """The settings (dotted names) that decide a dataset and differ between a finished
+    build's recorded config (its stats.json) and ``config``."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    now = flat(json.loads(json.dumps(dataclasses.asdict(config), default=str)))
+    then = flat(json.loads(json.dumps(recorded, default=str)))
+    return sorted(
+        k
+        for k in set(now) | set(then)
+        if k not in RUNTIME_SETTINGS
+        and not k.startswith(RUNTIME_PREFIXES)
+        and now.get(k) != then.get(k)
+    )
+
+
+def _upload(staging: Path, fs: Any, remote: str) -> int:
+    """The staged dataset to ``remote``, stats.json last. Spark names its part files anew
+    on every run, so remote candidates/ parts this build did not write are removed first
+    (else a rerun after an interrupted upload doubles the candidates); Hadoop's .crc side
+    files and the run lock stay local."""
+    files = sorted(
+        p
+        for p in staging.rglob("*")
+        if p.is_file() and p.name != "stats.json" and p.suffix != ".crc" and p.name != ".lock"
+    )
+    names = {p.relative_to(staging).as_posix() for p in files}
+    fs.invalidate_cache(remote)  # listings cached by this process may predate a rerun's
+    if fs.exists(f"{remote}/candidates"):
+        for path in fs.find(f"{remote}/candidates"):
+            if path[len(remote) + 1 :] not in names:
+                fs.rm_file(path)
     for p in files:
         fs.put_file(str(p), f"{remote}/{p.relative_to(staging).as_posix()}")
     fs.put_file(str(staging / "stats.json"), f"{remote}/stats.json")
-    log(f"uploaded {len(files) + 1} files to {config.output}")
-    return stats
+    return len(files) + 1
 
 
 def _run_build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[str, Any]:
@@ -331,6 +392,10 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
     from pipeline.spark.download import download_on_spark
 
     started = time.time()
+    if config.engine == "img2dataset":  # refused settings fail here, before any work
+        from pipeline.spark.img2dataset_engine import check_config
+
+        check_config(config.download)
     # Tasks run in other working directories: they get absolute paths.
     config = dataclasses.replace(config, output=str(Path(config.output).resolve()))
     out = Path(config.output)
@@ -375,8 +440,14 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
         .mapPartitions(lambda it: _dedup_partition((r for _, r in it), dd_cfg))
     )
 
+    # What selection writes is staged and moved into place only once the download's plan
+    # accepts it: a rerun with other settings is refused without touching the dataset.
+    stage = out / "_tmp" / "select"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+
     # 4. Queries, 5. match and balance
-    entries = _query_entries(config, out)
+    entries = _query_entries(config, stage)
     log(f"queries: {len(entries):,} entries")
     matcher = sc.broadcast(Matcher(entries, config.match))
     matched = deduped.mapPartitions(lambda it: _match_partition(it, matcher.value)).cache()
@@ -386,7 +457,7 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
     )
     balancer = sc.broadcast(Balancer(counts, config.balance))
     fates = matched.mapPartitions(lambda it: _balance_partition(it, balancer.value)).cache()
-    _write_candidates(spark, fates, out)
+    _write_candidates(spark, fates, stage)
     reasons = dict(
         fates.map(lambda r: (r["reason"] or KEPT, 1)).reduceByKey(lambda a, b: a + b).collect()
     )
@@ -411,19 +482,20 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
     bstats = fates.mapPartitions(
         lambda it: _balance_stats_partition(it, balancer.value, n_entries)
     ).fold(BalanceStats.zeros(n_entries), lambda a, b: a + b)
-    pq.write_table(per_entry_table(entries, counts, bstats), out / "queries_balance.parquet")
+    pq.write_table(per_entry_table(entries, counts, bstats), stage / "queries_balance.parquet")
     balance_report = dataclasses.asdict(make_report(entries, counts, bstats, config.balance))
     kept_counts = EntryCounts.from_matches([r["queries"] for r in selected], n_entries)
     for r in selected:
         r["queries"] = [entries[e] for e in r["queries"]]
     log(f"select: {len(selected):,} pairs after cleaning, dedup, matching and balancing")
-    pairs_path = out / "selected.parquet"
     pq.write_table(
         pa.Table.from_pylist(selected)
         if selected
         else pa.table({"url": pa.array([], pa.string()), "caption": pa.array([], pa.string())}),
-        pairs_path,
+        stage / "selected.parquet",
     )
+    _commit_selection(stage, out, config)
+    pairs_path = out / "selected.parquet"
 
     # 6. Download
     if selected and config.engine == "img2dataset":
@@ -475,6 +547,34 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
 
     write_report(out, funnel, stats, config.sample_sheet)
     return stats
+
+
+SELECTION_OUTPUTS = ("queries.parquet", "queries_balance.parquet", "candidates", "selected.parquet")
+
+
+def _commit_selection(stage: Path, out: Path, config: BuildConfig) -> None:
+    """Moves the staged selection into ``out``, once the download's plan accepts it; a
+    refusal (another input or other settings than the dataset in ``out`` was planned
+    from) leaves ``out`` as it was. ``selected.parquet`` goes last: the plan reads it."""
+    from pipeline.engine import check_plan
+
+    try:
+        check_plan(str(stage / "selected.parquet"), out, config.download)
+    except InputError:
+        _remove_stage(stage)
+        raise
+    for name in SELECTION_OUTPUTS:
+        old = out / name
+        if old.is_dir():
+            shutil.rmtree(old)
+        os.replace(stage / name, old)
+    _remove_stage(stage)
+
+
+def _remove_stage(stage: Path) -> None:
+    shutil.rmtree(stage, ignore_errors=True)
+    with contextlib.suppress(OSError):  # only when empty: the download keeps its own there
+        stage.parent.rmdir()
 
 
 def _top(counts: Any, entries: list[str], n: int = 20) -> list[tuple[str, int]]:

@@ -4,12 +4,17 @@ distributor, written in the same layout (tars in DIR/shards, a ledger row per pa
 img2dataset fetches with urllib and has no address guard, so its workers are pointed at
 a loopback ``GuardedProxy`` (http_proxy/https_proxy in their environment): every request,
 every redirect hop included, passes our guard there. What img2dataset does not do at
-all (robots.txt, per-host politeness, byte caps while streaming) it still does not do;
-the native engine is the one to use on untrusted lists.
+all it still does not do, and the native engine is the one to use on untrusted lists:
+``REFUSED`` and ``UNHONOURED`` below name those settings, each with the reason. A run
+that asks for a refused one (robots.txt) is refused, since ignoring it is not an option;
+each unhonoured one a run sets away from its default gets a note (``check_config``, run
+by the build job before Spark starts). ``max_image_pixels`` holds, but is checked after
+decoding, not from the header before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,10 +26,50 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import DownloadConfig
+from pipeline.config import ConfigError, DownloadConfig
 from pipeline.schema import LEDGER_SCHEMA, Status
 
 _QUIET_ENV = {"WANDB_MODE": "disabled", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+# What this engine cannot honour, by DownloadConfig setting name (nested ones included),
+# with the reason: the one list that check_config, README and docs/CONFIG.md follow.
+REFUSED = {"respect_robots": "img2dataset does not read robots.txt"}
+UNHONOURED = {
+    "max_bytes": "it reads every image whole, with no byte cap",
+    "per_host_connections": "it has no per-host connection limit",
+    "host_delay": "it has no delay between requests to one host",
+    "total_timeout": "it has only the connect and read timeout",
+    "backoff_base": "it retries at once, with no backoff",
+    "backoff_max": "it retries at once, with no backoff",
+    "max_retry_after": "it does not read Retry-After",
+    "max_redirects": "urllib follows up to 10 redirects",
+    "user_agent": "it sends its own User-Agent, naming the wit-builder token",
+    "decode_threads": "its fetch threads decode too",
+}
+
+
+def _is_set(config: DownloadConfig, name: str) -> bool:
+    """Whether ``config`` (or its nested fetch/image config) sets ``name`` away from its
+    default."""
+    for part in (config, config.fetch, config.image):
+        if hasattr(part, name):
+            return getattr(part, name) != getattr(type(part)(), name)
+    raise KeyError(name)
+
+
+def check_config(config: DownloadConfig) -> list[str]:
+    """Raises ConfigError when ``config`` asks for what this engine would break (robots.txt);
+    else one note line for each setting it would ignore that ``config`` sets."""
+    for name, why in REFUSED.items():
+        if _is_set(config, name):
+            raise ConfigError(
+                f"engine img2dataset cannot honour {name} ({why}): use --engine native, which does"
+            )
+    return [
+        f"note: engine img2dataset ignores {name} ({why}); --engine native honours it"
+        for name, why in UNHONOURED.items()
+        if _is_set(config, name)
+    ]
 
 
 def classify(status: str, message: str | None) -> Status:
@@ -110,6 +155,7 @@ def _ledger_and_stats(layout: Any, shard_id: int, plan_rows: list[dict[str, Any]
 def download_with_img2dataset(
     spark: Any, input_path: str, output: str | Path, config: DownloadConfig
 ) -> dict[str, Any]:
+    check_config(config)  # the build job checks before Spark starts; other callers, here
     from dataclasses import asdict
 
     from pipeline.engine import merge_stats, plan
@@ -176,7 +222,11 @@ def download_with_img2dataset(
             rows = pq.ParquetFile(layout.plan_part(sid)).read().to_pylist()
             _ledger_and_stats(layout, sid, rows)
     elapsed = time.perf_counter() - start
-    shutil.rmtree(layout.shards_dir / "_tmp", ignore_errors=True)
+    shutil.rmtree(layout.shards_dir / "_tmp", ignore_errors=True)  # img2dataset's own
+    # DIR/_tmp: the plan makes it for the native engine's writers; this engine leaves it
+    # empty. Removed only when empty: the build job stages its selection there.
+    with contextlib.suppress(OSError):
+        layout.tmp_dir.rmdir()
     stats = merge_stats(layout, the_plan.n_shards)
     stats.update(
         {

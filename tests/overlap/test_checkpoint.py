@@ -164,6 +164,8 @@ def _bad_files(files: dict[str, Path], tmp: Path) -> None:
     (tmp / "garbage.pt").write_bytes(b"not a torch file at all")
     torch.save({"epoch": 3, "losses": [1.0, 0.5]}, tmp / "other.pt")
     (tmp / "small.json").write_text(json.dumps({**TINY, "embed_dim": 16}))
+    deep = {**TINY, "vision_cfg": {**TINY["vision_cfg"], "layers": 3}}
+    (tmp / "deep.json").write_text(json.dumps(deep))
     (tmp / "notcfg.json").write_text(json.dumps({"layers": 2}))
     hf = {**TINY, "text_cfg": {**TINY["text_cfg"], "hf_model_name": "bert-base-uncased"}}
     (tmp / "hf.json").write_text(json.dumps(hf))
@@ -192,7 +194,20 @@ CASES: list[tuple[str, list[str], str]] = [
         "config does not fit the weights",
         ["--checkpoint", "{ckpt}", "--model-config", "{tmp}/small.json"],
         r"^error: checkpoint .*step_00000007\.pt does not fit the model config .*small\.json: "
-        r"Error\(s\) in loading state_dict",
+        r"2 of another shape \(checkpoint vs model: text_projection 32x32 vs 32x16, "
+        r"visual\.proj 32x32 vs 32x16\); give the --model-config it was trained with "
+        rf"\(training\.run's for model '{NAME}': training/model_configs/{NAME}\.json\)$",
+    ),
+    (
+        # torch's own message names every one of the missing keys: kilobytes of them
+        "config with more layers than the weights",
+        ["--checkpoint", "{ckpt_cfg}", "--model-config", "{tmp}/deep.json"],
+        r"^error: checkpoint .*with_config\.pt does not fit the model config .*deep\.json: "
+        r"24 missing key\(s\) \(visual\.transformer\.resblocks\.1\.ln_1\.weight, "
+        r"visual\.transformer\.resblocks\.1\.ln_1\.bias, "
+        r"visual\.transformer\.resblocks\.1\.attn\.in_proj_weight, \.\.\. 21 more\); "
+        r"give the --model-config it was trained with, or leave --model-config out to use "
+        r"the one recorded in the checkpoint$",
     ),
     (
         "model config missing",
@@ -234,6 +249,7 @@ def test_checkpoint_problems_are_one_clear_line(
     _bad_files(files, tmp_path)
     subst = {"{tmp}": str(tmp_path), "{cfg}": str(files["config"])}
     subst["{ckpt}"] = str(files["checkpoint"])
+    subst["{ckpt_cfg}"] = str(files["with_config"])
     argv = []
     for a in args:
         for k, v in subst.items():
@@ -242,6 +258,10 @@ def test_checkpoint_problems_are_one_clear_line(
     code, out, err = _run(_argv(files, tmp_path / "out", *argv), capsys)
     assert code == 2, (case, err)
     assert err.count("\n") == 1 and err.startswith("error: "), err
+    words = err
+    for path in (*subst.values(), str(files["root"])):
+        words = words.replace(path, "P")
+    assert len(words) < 500, err  # readable: a few names, not every key
     assert re.search(message, err.strip()), err
     assert out == "" and not (tmp_path / "out").exists()
 

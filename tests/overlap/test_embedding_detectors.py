@@ -181,7 +181,20 @@ def test_open_clip_detector_errors(
         make_detector(OverlapConfig(detector=f"embedding:open_clip:{cfg}:{tmp_path / 'x.pt'}"))
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**TINY, "embed_dim": 16}))
-    with pytest.raises(DetectorError, match=r"does not fit the model config"):
+    with pytest.raises(DetectorError, match=r"does not fit the model config") as e:
         make_detector(OverlapConfig(detector=f"embedding:open_clip:{other}:{wrapped}"))
+    assert str(e.value).endswith(
+        f"{other}: 2 of another shape (checkpoint vs model: text_projection 32x24 vs 32x16, "
+        "visual.proj 32x24 vs 32x16); give as CONFIG_JSON the model config it was trained with"
+    )
+    # Other layer counts: torch's message lists every key; this one counts them.
+    deep = tmp_path / "deep.json"
+    deep.write_text(json.dumps({**TINY, "text_cfg": {**TINY["text_cfg"], "layers": 4}}))
+    with pytest.raises(DetectorError) as e:
+        make_detector(OverlapConfig(detector=f"embedding:open_clip:{deep}:{wrapped}"))
+    words = str(e.value).replace(str(deep), "D").replace(str(wrapped), "C")
+    assert "\n" not in words and len(words) < 350, words  # a few names, not all 36
+    assert f"{deep}: 36 missing key(s) (transformer.resblocks.1.ln_1.weight, " in str(e.value)
+    assert ", ... 33 more); give as CONFIG_JSON the model config" in str(e.value)
     with pytest.raises(DetectorError, match=r"expected embedding:open_clip:CONFIG_JSON:CHECKPOINT"):
         make_detector(OverlapConfig(detector=f"embedding:open_clip:{cfg}"))

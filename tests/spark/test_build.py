@@ -4,6 +4,7 @@ files in, a balanced, deduplicated dataset and a funnel that adds up out."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 from collections import Counter
@@ -19,6 +20,7 @@ from pipeline.sources.pairs import InputError
 from pipeline.spark.build import BuildConfig, run_build
 from pipeline.synthweb.server import SynthWeb
 from pipeline.synthweb.site import SiteSpec
+from tests.spark.job import SparkWouldStart, build_job
 
 SPEC = SiteSpec(seed=21, n_images=40, n_hosts=2, n_pages=4, stall_seconds=4.0)
 
@@ -104,6 +106,26 @@ def test_rerun_is_identical_and_fetches_nothing_again(spark, web, built) -> None
         if not p.startswith("/pages") and p not in ("/", "/robots.txt")
     ]
     assert image_requests == []  # committed shards were not downloaded again
+
+
+def _snapshot(out: Path) -> dict[str, str]:
+    return {
+        p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_a_rerun_with_other_settings_is_refused_and_changes_nothing(spark, web, built) -> None:
+    out, _ = built
+    before = _snapshot(out)
+    cfg = _config(web, out)
+    other = dataclasses.replace(cfg, balance=dataclasses.replace(cfg.balance, max_per_query=1))
+    with pytest.raises(InputError, match="planned from a different input or settings"):
+        run_build(spark, other, log=lambda m: None)
+    # The selection it made was staged, never moved over the finished dataset's.
+    assert _snapshot(out) == before
+    assert not (out / "_tmp").exists()
 
 
 def _warc(path: Path, web: SynthWeb, pages: list[tuple[int, int]], malformed: bool) -> None:
@@ -214,39 +236,13 @@ def test_balance_report_in_stats(built) -> None:
     assert report["max_per_query"] == 25
 
 
-def _build_job():
-    """jobs/build_wit.py as a module (jobs/ is not a package: spark-submit runs the file)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "build_wit", Path(__file__).resolve().parents[2] / "jobs" / "build_wit.py"
-    )
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    return job
-
-
 def test_job_flags_conflict_is_one_error_line(capsys: pytest.CaptureFixture) -> None:
-    job = _build_job()
+    job = build_job()
     code = job.main(["--pairs", "x.parquet", "--queries", "q.txt", "--build-queries"])
     assert code == 2
     assert (
         capsys.readouterr().err.strip() == "error: --queries and --build-queries exclude each other"
     )
-
-
-class _SparkWouldStart(Exception):
-    pass
-
-
-@pytest.fixture
-def no_spark(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The job's main() stops where it would start Spark (checks before it are tested)."""
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise _SparkWouldStart
-
-    monkeypatch.setattr("pipeline.spark.session.get_session", refuse)
 
 
 @pytest.mark.parametrize("given", ["flag", "config file", "neither"])
@@ -259,8 +255,8 @@ def test_job_notes_that_processes_is_ignored_on_spark(
     argv = ["--pairs", "x.parquet", "--config", str(cfg)]
     if given == "flag":
         argv += ["--processes", "4"]
-    with pytest.raises(_SparkWouldStart):  # the note comes before Spark starts
-        _build_job().main(argv)
+    with pytest.raises(SparkWouldStart):  # the note comes before Spark starts
+        build_job().main(argv)
     err = capsys.readouterr().err
     if given == "neither":
         assert err == ""
@@ -283,7 +279,7 @@ def test_job_missing_query_input_is_one_error_line_before_spark(
     else:
         argv = ["--wordnet-dir", str(gone)]
         expected = f"error: no WordNet 3.0 database in {gone} (missing index.noun, "
-    code = _build_job().main(["--pairs", "x.parquet", "--output", str(tmp_path / "out"), *argv])
+    code = build_job().main(["--pairs", "x.parquet", "--output", str(tmp_path / "out"), *argv])
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(expected)
@@ -294,8 +290,8 @@ def test_job_missing_query_input_is_one_error_line_before_spark(
 @pytest.mark.usefixtures("no_spark")
 def test_job_without_wordnet_needs_no_database(tmp_path: Path) -> None:
     argv = ["--pairs", "x.parquet", "--wordnet-dir", str(tmp_path / "none"), "--wordnet", "false"]
-    with pytest.raises(_SparkWouldStart):  # the advice of the error above works
-        _build_job().main(argv)
+    with pytest.raises(SparkWouldStart):  # the advice of the error above works
+        build_job().main(argv)
 
 
 def test_pairs_folder_is_read_file_by_file_in_name_order(tmp_path: Path) -> None:

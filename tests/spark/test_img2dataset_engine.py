@@ -81,3 +81,4 @@ def test_same_plan_same_layout_and_the_guard_holds(spark, tmp_path: Path) -> Non
     assert normal and set(normal) == {"success"}
     for sid in range(theirs["shards"]):
         assert (tmp_path / "i2d" / "shards" / f"{sid:05d}.tar").is_file()
+    assert not (tmp_path / "i2d" / "_tmp").exists()  # no empty scratch folder left
