@@ -87,9 +87,12 @@ def count_samples(shard: Path) -> int:
 
 # The column holding training keys in the files --exclude reads: ``key`` in the build's
 # dedup/duplicates.parquet and plain key lists, ``train_key`` in the overlap tool's
-# decontaminate.parquet, which also names each key's shard (``train_shard_path``).
+# decontaminate.parquet. Each of those two also names the key's shard: decontaminate's
+# ``train_shard_path`` as a resolved path, duplicates' ``shard`` relative to the dataset
+# (DIR/dedup/duplicates.parquet names DIR/shards/NNNNN.tar).
 EXCLUDE_COLUMNS = ("key", "train_key")
-SHARD_COLUMN = "train_shard_path"
+SHARD_PATH_COLUMN = "train_shard_path"
+DATASET_SHARD_COLUMN = "shard"
 
 
 def shard_id(shard: str | Path) -> str:
@@ -101,12 +104,12 @@ def shard_id(shard: str | Path) -> str:
 class Exclusions:
     """The samples ``--exclude`` leaves out.
 
-    A row that names its shard (the overlap tool's ``train_shard_path``) leaves its key out
-    of that shard only, when that shard is one of the training shards: datasets joined with
-    ``::`` may repeat keys (img2dataset numbers each from 000000000). Every other key (the
-    build's duplicates, plain key lists, rows naming a shard training does not read, as
-    when the overlap ran on a copy elsewhere) is left out of every shard: more than asked,
-    never less."""
+    A row that names its shard (the overlap tool's ``train_shard_path``, the build's
+    duplicates ``shard``) leaves its key out of that shard only, when that shard is one of
+    the training shards: datasets joined with ``::`` repeat keys (each numbers its shards
+    from 00000). Every other key (plain key lists, rows naming a shard training does not
+    read, as when the overlap ran on a copy elsewhere) is left out of every shard: more
+    than asked, never less."""
 
     everywhere: frozenset[str] = frozenset()
     by_shard: dict[str, frozenset[str]] = field(default_factory=dict)  # shard_id -> keys
@@ -148,15 +151,22 @@ def load_exclusions(
                 f"--exclude {p}: no {' or '.join(repr(c) for c in EXCLUDE_COLUMNS)} column "
                 f"(columns: {names})"
             )
-        if column != "train_key" or SHARD_COLUMN not in names:
+        if column == "train_key" and SHARD_PATH_COLUMN in names:
+            table = pq.read_table(p, columns=[column, SHARD_PATH_COLUMN])
+            shards = table.column(SHARD_PATH_COLUMN).to_pylist()
+        elif column == "key" and DATASET_SHARD_COLUMN in names and p.parent.name == "dedup":
+            table = pq.read_table(p, columns=[column, DATASET_SHARD_COLUMN])
+            root = p.parent.parent
+            shards = [
+                shard_id(root / s) if s is not None else None
+                for s in table.column(DATASET_SHARD_COLUMN).to_pylist()
+            ]
+        else:
             values = pq.read_table(p, columns=[column]).column(column).to_pylist()
             everywhere.update(str(k) for k in values if k is not None)
             continue
-        table = pq.read_table(p, columns=[column, SHARD_COLUMN])
         elsewhere: set[str] = set()
-        for key, shard in zip(
-            table.column(column).to_pylist(), table.column(SHARD_COLUMN).to_pylist(), strict=True
-        ):
+        for key, shard in zip(table.column(column).to_pylist(), shards, strict=True):
             if key is None:
                 continue
             if shard in training:

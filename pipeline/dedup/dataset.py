@@ -56,11 +56,14 @@ def apply(output: str | Path, n_shards: int, duplicates: list[Duplicate]) -> dic
     """Mark duplicates in the ledger, list them, and write the final sample list."""
     layout = OutputLayout(Path(output))
     by_key = {d.key: d for d in duplicates}
+    shard_of: dict[str, str] = {}  # a duplicate's key -> its tar, relative to the dataset
     final_rows: list[dict[str, Any]] = []
     for sid in range(n_shards):
         rows = _ledger(layout, sid)
         for r in rows:
             d = by_key.get(r["key"])
+            if d is not None:
+                shard_of[d.key] = layout.tar(sid).relative_to(layout.root).as_posix()
             r["duplicate_of"] = d.duplicate_of if d else None
             r["duplicate_kind"] = d.kind if d else None
             if r["status"] == Status.SUCCESS and d is None:
@@ -70,9 +73,17 @@ def apply(output: str | Path, n_shards: int, duplicates: list[Duplicate]) -> dic
         os.replace(tmp, layout.ledger(sid))
     dedup_dir = layout.root / "dedup"
     dedup_dir.mkdir(parents=True, exist_ok=True)
+    # ``shard``: training's --exclude leaves the key out of this dataset's tar alone (keys
+    # repeat across datasets: each numbers its shards from 00000).
     dup_table = pa.Table.from_pylist(
         [
-            {"key": d.key, "duplicate_of": d.duplicate_of, "kind": d.kind, "distance": d.distance}
+            {
+                "key": d.key,
+                "duplicate_of": d.duplicate_of,
+                "kind": d.kind,
+                "distance": d.distance,
+                "shard": shard_of.get(d.key),
+            }
             for d in duplicates
         ],
         schema=pa.schema(
@@ -81,6 +92,7 @@ def apply(output: str | Path, n_shards: int, duplicates: list[Duplicate]) -> dic
                 ("duplicate_of", pa.string()),
                 ("kind", pa.string()),
                 ("distance", pa.int32()),
+                ("shard", pa.string()),
             ]
         ),
     )

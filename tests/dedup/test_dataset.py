@@ -39,6 +39,12 @@ def test_repeated_images_are_marked_and_left_out_of_the_final_list(spark, tmp_pa
     ]
     key = {r["row_index"]: r["key"] for r in ledger}
     assert marks == [(6, key[0], "exact"), (7, key[3], "exact"), (8, key[0], "exact")]
+    # Each duplicate names its tar, relative to the dataset (training's --exclude reads it).
+    listed = pq.read_table(tmp_path / "local" / "dedup" / "duplicates.parquet").to_pylist()
+    shard = {r["row_index"]: r["shard"] for r in ledger}  # the ledger's shard number
+    assert {r["key"]: r["shard"] for r in listed} == {
+        key[i]: f"shards/{shard[i]:05d}.tar" for i in (6, 7, 8)
+    }
     final = pq.read_table(tmp_path / "local" / "final.parquet").column("key").to_pylist()
     assert sorted(final) == sorted(key[i] for i in range(6))
     spark_counts = dedup_on_spark(spark, tmp_path / "spark", n_shards, DedupConfig())

@@ -123,6 +123,29 @@ def test_exclusions_naming_a_shard_leave_the_key_out_of_that_shard_only(tmp_path
     assert load_exclusions(path, plan.shards).everywhere == {*named, keys[0]}
 
 
+def test_the_builds_duplicates_leave_their_keys_out_of_their_own_dataset(tmp_path: Path) -> None:
+    # Two builds, numbered alike: DIR/dedup/duplicates.parquet names DIR's tars.
+    keys = write_shards(tmp_path / "a" / "shards", n_shards=2, per_shard=4)
+    assert write_shards(tmp_path / "b" / "shards", n_shards=2, per_shard=4, seed=1) == keys
+    (tmp_path / "a" / "dedup").mkdir()
+    dups = tmp_path / "a" / "dedup" / "duplicates.parquet"
+    rows = {"key": [keys[5], keys[0]], "shard": ["shards/00001.tar", "shards/00000.tar"]}
+    pq.write_table(pa.table({**rows, "duplicate_of": [keys[4], keys[1]]}), dups)
+    plan = plan_data(f"{tmp_path / 'a'}::{tmp_path / 'b'}")
+    exclusions = load_exclusions(dups, plan.shards)
+    assert exclusions.in_shard(tmp_path / "a" / "shards" / "00001.tar") == {keys[5]}
+    assert exclusions.in_shard(tmp_path / "a" / "shards" / "00000.tar") == {keys[0]}
+    assert exclusions.in_shard(tmp_path / "b" / "shards" / "00001.tar") == set()
+    assert exclusions.everywhere == set() and not exclusions.notes
+    # Trained on b alone: a's tars are not read, so its keys are left out everywhere.
+    alone = load_exclusions(dups, plan_data(str(tmp_path / "b")).shards)
+    assert alone.everywhere == {keys[5], keys[0]} and len(alone.notes) == 1
+    # A copy of the file elsewhere does not say whose tars it names: keys alone.
+    elsewhere = tmp_path / "dups.parquet"
+    elsewhere.write_bytes(dups.read_bytes())
+    assert load_exclusions(elsewhere, plan.shards).everywhere == {keys[5], keys[0]}
+
+
 def test_exclusion_file_needs_key_column(tmp_path: Path) -> None:
     path = tmp_path / "x.parquet"
     pq.write_table(pa.table({"id": ["a"]}), path)
