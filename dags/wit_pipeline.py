@@ -19,11 +19,12 @@ Five tasks, in order, each one of the project's commands:
 Every task is a rerun-safe command: the build resumes committed shards, the overlap
 reports are rewritten whole, and the training run continues from its last checkpoint
 (``--resume auto``: a retry goes on where it stopped, a rerun after success has nothing
-left to train and evaluates again; to train anew, give another ``run`` folder). Run parameters (``output``, ``eval``,
-``build_args``, ``overlap_args``, ``run``, ``train_args``) come from the trigger's conf;
-``output`` and ``run`` may be relative to the repository, paths inside the ``*_args``
-lists should be absolute (or URLs). This file holds only the DAG (nothing runs when it is
-parsed).
+left to train and evaluates again; to train anew, give another ``run`` folder). Run
+parameters (``output``, ``eval``, ``build_args``, ``overlap_args``, ``run``,
+``train_args``) come from the trigger's conf; ``output``, ``run`` and the paths in the
+``*_args`` lists may be relative to the repository (the build's are made absolute for
+spark-submit, which runs elsewhere). This file holds only the DAG (nothing runs when it
+is parsed).
 """
 
 from __future__ import annotations
@@ -41,6 +42,21 @@ REPO = Path(__file__).resolve().parents[1]
 # spark-submit and whose python the commands below run with.
 PYTHON = sys.executable
 BIN = str(Path(PYTHON).parent)
+
+
+def _in_repo_args(args: list[str]) -> list[str]:
+    """The build's arguments with each relative path that names something in the
+    repository (a file, a folder, or a glob matching one) made absolute: spark-submit runs
+    in the worker's folder, the other tasks in the repository's."""
+    out = []
+    for a in args:
+        relative = a and not a.startswith("-") and "://" not in a and not Path(a).is_absolute()
+        try:
+            named = relative and any(REPO.glob(a))
+        except (ValueError, NotImplementedError):  # not a pattern pathlib takes: not a path
+            named = False
+        out.append(str(REPO / a) if named else a)
+    return out
 
 
 def _overlap_argv(params: dict, out: str) -> list[str]:
@@ -73,7 +89,7 @@ with DAG(
     render_template_as_native_obj=True,
     # spark-submit runs in the worker's folder, the other tasks in the repository's: the
     # build gets its output as an absolute path, so both mean the same folder.
-    user_defined_macros={"in_repo": lambda path: str(REPO / path)},
+    user_defined_macros={"in_repo": lambda path: str(REPO / path), "in_repo_args": _in_repo_args},
     tags=["wit"],
     params={
         "output": Param("data/wit", type="string", description="the dataset's folder"),
@@ -113,7 +129,7 @@ with DAG(
         task_id="build",
         conn_id="spark_default",
         application=str(REPO / "jobs" / "build_wit.py"),
-        application_args="{{ ['--output', in_repo(params.output)] + params.build_args }}",
+        application_args="{{ ['--output', in_repo(params.output)] + in_repo_args(params.build_args) }}",
         name="wit-build",
         # Spark's start-up logs at WARN, as `make demo` runs it.
         conf={

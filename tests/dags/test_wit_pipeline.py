@@ -45,6 +45,10 @@ def _airflow(home: Path, *args: str, timeout: int = 600) -> subprocess.Completed
 
 # Airflow reads AIRFLOW_HOME when imported: the DAG is loaded in a process of its own, so
 # this test process (and the user's ~/airflow) never see it.
+# Build arguments as a user writes them: paths relative to the repository among others.
+BUILD_ARGS = ["--seed", "1", "--queries", "pyproject.toml", "--warc", "jobs/*.py"]
+BUILD_ARGS += ["s3://b/x.warc.gz", "local[2]"]
+
 _LOAD = """
 import json
 from airflow.dag_processing.dagbag import DagBag
@@ -57,7 +61,7 @@ print(json.dumps({
     # The build's arguments as Airflow renders them, for a relative and an absolute output.
     "build_args": [
         dag.get_template_env().from_string(dag.get_task("build").application_args).render(
-            params={"output": out, "build_args": ["--seed", "1"]}
+            params={"output": out, "build_args": BUILD_ARGS}
         )
         for out in ("data/wit", "/abs/wit")
     ] if dag else None,
@@ -66,7 +70,7 @@ print(json.dumps({
 
 
 def test_the_dag_loads_with_its_stages_in_order(tmp_path: Path) -> None:
-    code = _LOAD.replace("DAGS", repr(str(DAGS)))
+    code = _LOAD.replace("DAGS", repr(str(DAGS))).replace("BUILD_ARGS", repr(BUILD_ARGS))
     proc = subprocess.run(
         [sys.executable, "-c", code],
         env=_airflow_env(tmp_path),
@@ -86,9 +90,12 @@ def test_the_dag_loads_with_its_stages_in_order(tmp_path: Path) -> None:
     }
     assert loaded["params"] == ["build_args", "eval", "output", "overlap_args", "run", "train_args"]
     # spark-submit does not run in the repository: a relative output is made absolute there.
+    # ... and so is a relative path naming something in the repository (a glob too).
+    rendered = ["--seed", "1", "--queries", str(REPO / "pyproject.toml"), "--warc"]
+    rendered += [str(REPO / "jobs/*.py"), "s3://b/x.warc.gz", "local[2]"]
     assert loaded["build_args"] == [
-        ["--output", str(REPO / "data" / "wit"), "--seed", "1"],
-        ["--output", "/abs/wit", "--seed", "1"],
+        ["--output", str(REPO / "data" / "wit"), *rendered],
+        ["--output", "/abs/wit", *rendered],
     ]
 
 
