@@ -34,7 +34,15 @@ from pipeline.fetch.robots import RobotsCache
 from pipeline.images.process import process_image
 from pipeline.schema import STATUSES, Status
 from pipeline.shards.layout import OutputLayout, make_key
-from pipeline.shards.writer import ShardWriter, dumps, write_json_atomic
+from pipeline.shards.writer import (
+    SHARD_SCHEMA_KEY,
+    ShardWriter,
+    dumps,
+    encode_schema,
+    extras_schema,
+    json_safe,
+    write_json_atomic,
+)
 from pipeline.sources.pairs import InputError, PairRow, expand_inputs, read_inputs
 from pipeline.stats.counters import Counters, format_table
 
@@ -126,14 +134,14 @@ def check_plan(input_path: str, output: str | Path, config: DownloadConfig) -> N
 def _checked_fingerprint(
     input_path: str, output: str | Path, config: DownloadConfig
 ) -> dict[str, Any]:
-    fingerprint = json.loads(json.dumps(_fingerprint(input_path, config), default=str))
+    # As plan.json holds it (json_safe: an unlimited setting is null there; plans written
+    # before that hold Infinity, read back as inf: both sides go through json_safe).
+    fingerprint = json_safe(json.loads(json.dumps(_fingerprint(input_path, config), default=str)))
     plan_json = OutputLayout(Path(output)).plan_dir / "plan.json"
     if plan_json.is_file():
-        saved = json.loads(plan_json.read_text())
+        saved = json_safe(json.loads(plan_json.read_text())["fingerprint"])
         # The path may differ (a moved or copied input); content and settings may not.
-        changed = sorted(
-            k for k in fingerprint if k != "input" and saved["fingerprint"].get(k) != fingerprint[k]
-        )
+        changed = sorted(k for k in fingerprint if k != "input" and saved.get(k) != fingerprint[k])
         if changed:
             raise InputError(
                 f"{output} holds a dataset planned from a different input or settings "
@@ -159,10 +167,13 @@ def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
     layout.make_dirs()  # after the input is read: a bad one leaves no empty folders behind
     sps = config.samples_per_shard
     sizes = []
+    extras: list[dict[str, Any]] = []  # as the shards will see them: through the plan's JSON
     for sid, start in enumerate(range(0, len(rows), sps)):
         part = rows[start : start + sps]
         sizes.append(len(part))
-        table = pa.Table.from_pylist([_plan_row(r) for r in part], schema=PLAN_SCHEMA)
+        plan_rows = [_plan_row(r) for r in part]
+        extras += [json.loads(r["extra"]) for r in plan_rows if r["extra"]]
+        table = pa.Table.from_pylist(plan_rows, schema=PLAN_SCHEMA)
         tmp = layout.plan_part(sid).with_suffix(".tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, layout.plan_part(sid))
@@ -174,6 +185,7 @@ def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
             "n_rows": result.n_rows,
             "n_shards": result.n_shards,
             "rows_per_shard": sizes,
+            SHARD_SCHEMA_KEY: encode_schema(extras_schema(extras)),
         },
     )
     return result

@@ -302,3 +302,54 @@ def test_bad_rows_become_ledger_rows(web: SynthWeb, tmp_path: Path) -> None:
         "invalid_caption",
         "invalid_caption",
     ]
+
+
+def test_shard_parquets_share_one_schema_and_read_as_one_table(web, tmp_path: Path) -> None:
+    # A shard of successes only (error_message all null), one of failures only (width,
+    # height and the input's extras all null), one mixed: one schema all the same, as
+    # img2dataset writes, so a folder of them reads as one table.
+    good = [r for r in web.pair_rows() if r["fault"] is None][:4]
+    bad = {**good[0], "url": good[0]["url"] + "-missing"}  # a 404
+    rows = [
+        {"url": r["url"], "caption": r["caption"], "extra_id": i, "tag": f"t{i}"}
+        for i, r in enumerate(good)
+    ]
+    rows += [
+        {"url": bad["url"], "caption": "gone", "extra_id": None, "tag": None},
+        {"url": bad["url"], "caption": "gone", "extra_id": None, "tag": None},
+        {"url": good[1]["url"], "caption": "mixed", "extra_id": 9, "tag": [1, "x"]},
+        {"url": bad["url"], "caption": "gone", "extra_id": 10, "tag": "t10"},
+    ]
+    pairs = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist([{**r, "tag": json.dumps(r["tag"])} for r in rows]), pairs)
+    # The same rows with a column of mixed types (a list among strings) as JSON Lines.
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name, given in (("parquet", pairs), ("jsonl", jsonl)):
+        out = tmp_path / name
+        run_download(str(given), out, _config(samples_per_shard=2), show_progress=False)
+        parts = sorted((out / "shards").glob("*.parquet"))
+        assert len(parts) == 4
+        schemas = {pq.read_schema(p) for p in parts}
+        assert len(schemas) == 1, schemas
+        table = pq.read_table(parts)  # one table: pyarrow refuses shards that disagree
+        assert table.num_rows == 8
+        schema = schemas.pop()
+        assert schema.field("width").type == pa.int32()
+        assert schema.field("error_message").type == pa.string()
+        assert schema.field("extra_id").type == pa.int64()
+        assert schema.field("tag").type == pa.string()
+        by_caption = table.to_pylist()
+        assert [r["status"] for r in by_caption].count("success") == 5
+        if name == "jsonl":  # the list is kept, as JSON text, in the one string column
+            assert json.loads(by_caption[6]["tag"]) == [1, "x"]
+        # Strict JSON (no Infinity for the unlimited max_aspect_ratio), as other tools read it.
+        for path in (out / "stats.json", out / "_plan" / "plan.json"):
+            recorded = json.loads(path.read_text(), parse_constant=_not_json)
+        assert recorded["fingerprint"]["image"]["max_aspect_ratio"] is None
+        # ... and a rerun still matches its plan.
+        run_download(str(given), out, _config(samples_per_shard=2), show_progress=False)
+
+
+def _not_json(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON")

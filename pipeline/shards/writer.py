@@ -8,9 +8,11 @@ its final name complete (rename is atomic on one filesystem), so every tar is re
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import tarfile
@@ -32,12 +34,28 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every infinite or NaN float as None: strict JSON has no Infinity or NaN
+    (Python writes them, JSON.parse and most readers refuse them). An unlimited setting
+    such as ``max_aspect_ratio = inf`` reads back as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, default=_json_default, sort_keys=False)
+    return json.dumps(
+        json_safe(obj), ensure_ascii=False, default=_json_default, sort_keys=False, allow_nan=False
+    )
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default))
+    text = json.dumps(json_safe(obj), indent=2, default=_json_default, allow_nan=False)
+    write_text_atomic(path, text)
 
 
 class ShardWriter:
@@ -80,7 +98,7 @@ class ShardWriter:
         self._tar_file.close()
         layout, sid = self.layout, self.shard_id
         parquet_tmp = self.tmp / "shard.parquet"
-        pq.write_table(_shard_table(shard_rows), parquet_tmp)
+        pq.write_table(_shard_table(shard_rows, shard_schema(layout)), parquet_tmp)
         ledger_tmp = self.tmp / "ledger.parquet"
         pq.write_table(pa.Table.from_pylist(ledger_rows, schema=LEDGER_SCHEMA), ledger_tmp)
         for src, dst in (
@@ -100,8 +118,68 @@ class ShardWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _shard_table(rows: list[dict[str, Any]]) -> pa.Table:
+# The shard Parquet's own columns, in order, typed as the ledger types them; the input's
+# other columns follow, typed once for the whole output (``extras_schema``, in plan.json),
+# so every shard's Parquet has one schema and a folder of them reads as one table.
+SHARD_COLUMNS = (
+    "key", "url", "caption", "status", "error_message", "width", "height",
+    "original_width", "original_height", "sha256", "num_bytes", "http_status",
+)  # fmt: skip
+SHARD_SCHEMA_KEY = "shard_extras_schema"  # in DIR/_plan/plan.json
+
+
+def extras_schema(extras: list[dict[str, Any]]) -> pa.Schema:
+    """The types of the input's other columns over all its rows: what Arrow infers for each
+    column, text where its values mix types (they are written as JSON) or are all null."""
+    names = list(dict.fromkeys(k for e in extras for k in e if k not in SHARD_COLUMNS))
+    fields = []
+    for name in names:
+        try:
+            kind = pa.array([e.get(name) for e in extras]).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            kind = pa.string()
+        fields.append(pa.field(name, pa.string() if pa.types.is_null(kind) else kind))
+    return pa.schema(fields)
+
+
+def encode_schema(schema: pa.Schema) -> str:
+    return base64.b64encode(schema.serialize().to_pybytes()).decode("ascii")
+
+
+def shard_schema(layout: OutputLayout) -> pa.Schema | None:
+    """The shard Parquet schema of this output, from its plan (None for plans from before
+    it was recorded: each shard's types are then inferred from its own rows)."""
+    plan_json = layout.plan_dir / "plan.json"
+    try:
+        encoded = json.loads(plan_json.read_text()).get(SHARD_SCHEMA_KEY)
+    except (OSError, ValueError):
+        return None
+    if encoded is None:
+        return None
+    extras = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(encoded)))
+    core = [LEDGER_SCHEMA.field(c).with_nullable(True) for c in SHARD_COLUMNS]
+    return pa.schema([*core, *extras])
+
+
+def _shard_table(rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> pa.Table:
     """img2dataset's per-shard Parquet: every row of the shard, extras as their own columns."""
+    if schema is not None:
+        text = [f.name for f in schema if pa.types.is_string(f.type)]
+        typed = [
+            {
+                **r,
+                **{
+                    k: dumps(r[k])
+                    for k in text
+                    if r.get(k) is not None and not isinstance(r[k], str)
+                },
+            }
+            for r in rows
+        ]
+        try:
+            return pa.Table.from_pylist(typed, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # a value of another type than the plan saw: inferred below, never lost
     try:
         return pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError):

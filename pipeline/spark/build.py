@@ -32,6 +32,7 @@ from pipeline.curate.dedup_candidates import CandidateDedupConfig
 from pipeline.curate.match import MatchConfig
 from pipeline.curate.queries import QueryConfig
 from pipeline.dedup.images import DedupConfig
+from pipeline.shards.writer import json_safe
 from pipeline.sources.crawl import CrawlConfig
 from pipeline.sources.html import ExtractConfig
 from pipeline.sources.pairs import InputError
@@ -340,8 +341,9 @@ def changed_settings(recorded: dict[str, Any], config: BuildConfig) -> list[str]
             return {prefix[:-1]: d}
         return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
 
-    now = flat(json.loads(json.dumps(dataclasses.asdict(config), default=str)))
-    then = flat(json.loads(json.dumps(recorded, default=str)))
+    # As stats.json records them: an unlimited (infinite) setting is null there.
+    now = flat(json.loads(json.dumps(json_safe(dataclasses.asdict(config)), default=str)))
+    then = flat(json.loads(json.dumps(json_safe(recorded), default=str)))
     return sorted(
         k
         for k in set(now) | set(then)
