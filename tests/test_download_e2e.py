@@ -311,7 +311,7 @@ def test_shard_parquets_share_one_schema_and_read_as_one_table(web, tmp_path: Pa
     good = [r for r in web.pair_rows() if r["fault"] is None][:4]
     bad = {**good[0], "url": good[0]["url"] + "-missing"}  # a 404
     rows = [
-        {"url": r["url"], "caption": r["caption"], "extra_id": i, "tag": f"t{i}"}
+        {"url": r["url"], "caption": r["caption"], "extra_id": i, "tag": f"t{i}", "status": "ok"}
         for i, r in enumerate(good)
     ]
     rows += [
@@ -341,6 +341,8 @@ def test_shard_parquets_share_one_schema_and_read_as_one_table(web, tmp_path: Pa
         assert schema.field("tag").type == pa.string()
         by_caption = table.to_pylist()
         assert [r["status"] for r in by_caption].count("success") == 5
+        # An input column named as one of the engine's fields is kept, renamed.
+        assert by_caption[0]["input_status"] == "ok" and by_caption[0]["status"] == "success"
         if name == "jsonl":  # the list is kept, as JSON text, in the one string column
             assert json.loads(by_caption[6]["tag"]) == [1, "x"]
         # Strict JSON (no Infinity for the unlimited max_aspect_ratio), as other tools read it.

@@ -77,10 +77,22 @@ def _text(value: Any, what: str) -> tuple[str | None, str | None]:
     return value, None
 
 
+# Fields every sample gets from the engine (its JSON and its shard's Parquet): an input
+# column of the same name is kept as ``input_<name>`` rather than overwritten.
+SAMPLE_FIELDS = frozenset(
+    {"key", "url", "caption", "status", "error_message", "width", "height",
+     "original_width", "original_height", "sha256", "num_bytes", "http_status"}
+)  # fmt: skip
+
+
 def make_row(index: int, raw: dict[str, Any], url_col: str, caption_col: str) -> PairRow:
     url, url_err = _text(raw.get(url_col), "url")
     caption, cap_err = _text(raw.get(caption_col), "caption")
-    extra = {k: v for k, v in raw.items() if k not in (url_col, caption_col)}
+    extra = {
+        (f"input_{k}" if k in SAMPLE_FIELDS else k): v
+        for k, v in raw.items()
+        if k not in (url_col, caption_col)
+    }
     row = PairRow(index, url, caption, extra=extra)
     if url_err:
         row.status, row.error_message = Status.INVALID_URL, url_err

@@ -42,6 +42,15 @@ def test_every_format_reads_rows_and_keeps_extra_columns(tmp_path: Path, fmt: st
     assert all(r.status is None for r in rows)
 
 
+def test_input_columns_named_as_the_engines_fields_are_kept_under_input_names(
+    tmp_path: Path,
+) -> None:
+    row = {"URL": "http://127.0.0.1/x", "TEXT": "hi", "url": "other", "status": "approved"}
+    path = _write(tmp_path / "p.parquet", [row], "parquet")
+    (got,) = read_pairs(str(path), url_col="URL", caption_col="TEXT")
+    assert got.extra == {"input_url": "other", "input_status": "approved"}
+
+
 def test_custom_columns(tmp_path: Path) -> None:
     path = _write(
         tmp_path / "p.parquet", [{"URL": "http://127.0.0.1/x", "TEXT": "hello"}], "parquet"
