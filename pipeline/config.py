@@ -136,6 +136,9 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if isinstance(value, list | tuple):
             return tuple(str(v) for v in value)
         raise ConfigError(f"{name} must be a list or a comma-separated string, got {value!r}")
+    if isinstance(value, bool) and isinstance(default, int | float):
+        # bool is an int in Python: true would silently become 1 (a 1-pixel image_size).
+        raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}")
     try:
         if isinstance(default, int):
             if isinstance(value, float) and not value.is_integer():
@@ -294,7 +297,9 @@ HELP.update(
         "numbers": "add the numbers 0..99 (default: true)",
         "lowercase": "match and store queries lowercased (default: true)",
         "boundary": "query match boundaries: metaclip or alnum (default: metaclip)",
-        "max_per_query": "balancing: at most about this many pairs per query (default: 20000, as CLIP)",
+        "max_per_query": "balancing: t, the per-query target of MetaCLIP's rule, met in "
+        "expectation for pairs that match one query, exceeded where pairs match several "
+        "(default: 20000, as CLIP)",
         "seed": "balancing draw seed: reruns with one seed keep the same pairs (default: 0)",
         "exact": "image dedup: drop byte-identical images (default: true)",
         "near": "image dedup: drop pHash near-duplicates (default: true)",

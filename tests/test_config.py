@@ -41,6 +41,34 @@ def test_bad_settings_name_the_setting(settings: dict, message: str) -> None:
         build_config(DownloadConfig, settings)
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"image_size": True}, "image_size must be a int, got True"),
+        ({"threads": False}, "threads must be a int, got False"),
+        ({"timeout": True}, "timeout must be a float, got True"),
+    ],
+)
+def test_a_bool_is_no_number(settings: dict, message: str, tmp_path: Path) -> None:
+    # ``image_size = true`` in a file once became 1: 1-pixel images.
+    with pytest.raises(ConfigError, match=message):
+        build_config(DownloadConfig, settings)
+    toml = tmp_path / "c.toml"
+    name, value = next(iter(settings.items()))
+    toml.write_text(f"{name} = {str(value).lower()}\n")
+    with pytest.raises(ConfigError, match=message):
+        build_config(DownloadConfig, load_settings(toml))
+
+
+def test_a_bool_is_no_number_in_the_overlap_settings() -> None:
+    from pipeline.overlap.config import OverlapConfig
+
+    with pytest.raises(ConfigError, match="top_k must be a int, got True"):
+        build_config(OverlapConfig, {"top_k": True})
+    with pytest.raises(ConfigError, match="precision must be a float, got True"):
+        build_config(OverlapConfig, {"precision": True})
+
+
 def test_toml_and_yaml_files(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
     toml.write_text('image_size = 128\nresize_mode = "center_crop"\n[fetch]\nretries = 5\n')

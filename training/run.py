@@ -267,15 +267,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             action.help += f" (default: {DEFAULTS[action.dest]})"
     cfg: dict[str, Any] = {}
     if known.config:
-        cfg = json.loads(Path(known.config).read_text())
-        unknown = set(cfg) - {a.dest for a in p._actions}
+        cfg = read_config(p, known.config)
+        unknown = set(cfg) - {a.dest for a in p._actions if a.dest != "help"}
         if unknown:
             p.error(f"--config {known.config}: unknown keys {sorted(unknown)}")
         if cfg.get("steps") is not None and cfg.get("epochs") is not None:
             p.error(f"--config {known.config}: 'steps' and 'epochs' exclude each other")
         for action in p._actions:
             value = cfg.get(action.dest)
-            if action.choices and value is not None and value not in action.choices:
+            if value is None:
+                continue
+            expected = config_type_error(action, value)
+            if expected:
+                p.error(f"--config {known.config}: {action.dest}={value!r}: expected {expected}")
+            if action.type is float:
+                cfg[action.dest] = float(value)  # as the flag gives it
+            if action.choices and value not in action.choices:
                 p.error(
                     f"--config {known.config}: {action.dest}={value!r}, "
                     f"not one of {list(action.choices)}"
@@ -342,8 +349,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1, not {value}")
     if (args.threads or 0) < 0 or (args.workers or 0) < 0:
         p.error("--threads and --workers must be at least 0")
-    if args.grad_clip_norm < 0:
-        p.error(f"--grad-clip-norm must be at least 0, not {args.grad_clip_norm}")
+    for name in ("lr", "weight_decay", "warmup", "grad_clip_norm"):
+        value = getattr(args, name)
+        if value is not None and not value >= 0:  # NaN too
+            p.error(f"--{name.replace('_', '-')} must be at least 0, not {value}")
     for name in ("beta1", "beta2"):
         value = getattr(args, name)
         if value is not None and not 0 <= value < 1:
@@ -351,6 +360,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.eps is not None and args.eps <= 0:
         p.error(f"--eps must be above 0, not {args.eps}")
     return args
+
+
+def read_config(p: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """The --config file's options: a JSON object, or one usage-error line."""
+    try:
+        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        p.error(f"--config {path}: no such file")
+    except OSError as e:
+        p.error(f"--config {path}: cannot read it: {e.strerror or e}")
+    except UnicodeDecodeError:
+        p.error(f"--config {path}: not valid JSON: not UTF-8 text")
+    except json.JSONDecodeError as e:
+        p.error(f"--config {path}: not valid JSON: {e}")
+    if not isinstance(cfg, dict):
+        p.error(
+            f"--config {path}: expected a JSON object of options (keys as the flags), "
+            f"got {type(cfg).__name__}"
+        )
+    return cfg
+
+
+def config_type_error(action: argparse.Action, value: Any) -> str | None:
+    """What a --config value of this option must be, when ``value`` is not that; else None.
+
+    JSON's true is no number (bool is an int in Python), and a string is no switch:
+    "no" would turn --compile on."""
+    if isinstance(action, argparse._StoreTrueAction | argparse.BooleanOptionalAction):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(action, argparse._AppendAction):
+        ok = isinstance(value, str) or (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        )
+        return None if ok else "a string or a list of strings"
+    if isinstance(value, bool):
+        return {int: "an integer", float: "a number"}.get(action.type, "a string")
+    if action.type is int:
+        return None if isinstance(value, int) else "an integer"
+    if action.type is float:
+        return None if isinstance(value, int | float) else "a number"
+    return None if isinstance(value, str) else "a string"
 
 
 def default_threads(cores: int, ranks_on_host: int, workers: int) -> int:

@@ -122,6 +122,10 @@ def job_from_args(args: argparse.Namespace) -> OverlapJob:
             settings = {k: v for k, v in settings.items() if k.replace("-", "_") != other}
     settings.update(flags)
     config = build_config(OverlapConfig, settings)
+    threshold = [v for k, v in settings.items() if k.replace("-", "_") == "threshold"]
+    if threshold and threshold[-1] is not None and config.calibrate:
+        # NaN is the default's "calibrate"; a NaN given is a mistake, not that choice.
+        raise ConfigError(f"threshold must be a finite similarity in [-1, 1], got {threshold[-1]}")
     if args.checkpoint and args.predictions:
         raise ConfigError("give --predictions FILE or --checkpoint FILE, not both")
     if not args.checkpoint and (args.model_config or args.templates):

@@ -74,8 +74,16 @@ class OverlapConfig:
             raise ConfigError("zeroshot_device must not be empty (auto, cpu, cuda, cuda:N)")
         if not 0 < self.precision <= 1:
             raise ConfigError(f"precision must be in (0, 1], got {self.precision}")
-        if math.isinf(self.threshold):
-            raise ConfigError(f"threshold must be a finite similarity, got {self.threshold}")
+        if not math.isnan(self.threshold):  # NaN: calibrate (the default, never given)
+            if not -1 <= self.threshold <= 1:
+                raise ConfigError(
+                    f"threshold must be a finite similarity in [-1, 1], got {self.threshold}"
+                )
+            if self.detector == "phash" and self.threshold < 0:
+                raise ConfigError(
+                    f"threshold must be in [0, 1] for the phash detector (1 - Hamming "
+                    f"distance / bits), got {self.threshold}"
+                )
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if self.max_matches < 1:
@@ -118,7 +126,8 @@ HELP: dict[str, str] = {
     "zeroshot_device": "device of the --checkpoint model: auto (CUDA when available), cpu, "
     "cuda, cuda:N (default: auto)",
     "precision": "target precision of the calibrated threshold (default: 0.99)",
-    "threshold": "similarity threshold (1 = identical codes) instead of calibrating one",
+    "threshold": "similarity threshold (1 = identical codes) instead of calibrating one: in "
+    "[0, 1] for phash, [-1, 1] (a cosine) for an embedding detector",
     "top_k": "nearest training images kept per eval item (default: 5)",
     "max_matches": "training images above the threshold kept per eval item for "
     "decontaminate.parquet (default: 100)",

@@ -166,6 +166,52 @@ CASES: list[tuple[str, list[str], str]] = [
         r"threshold must be a finite similarity",
     ),
     (
+        "threshold above 1",
+        ["--eval", "cifar10:{tmp}/c", "--threshold", "2"],
+        r"threshold must be a finite similarity in \[-1, 1\], got 2\.0$",
+    ),
+    (
+        "threshold below -1",
+        [
+            "--eval",
+            "cifar10:{tmp}/c",
+            "--detector",
+            "torchscript:{tmp}/sscd.pt",
+            "--threshold=-1.5",
+        ],
+        r"threshold must be a finite similarity in \[-1, 1\], got -1\.5$",
+    ),
+    (
+        "negative phash threshold",
+        ["--eval", "cifar10:{tmp}/c", "--threshold=-1"],
+        r"threshold must be in \[0, 1\] for the phash detector .*, got -1\.0$",
+    ),
+    (
+        "NaN threshold",
+        ["--eval", "cifar10:{tmp}/c", "--threshold", "nan"],
+        r"threshold must be a finite similarity in \[-1, 1\], got nan$",
+    ),
+    (
+        "NaN threshold under --check",
+        ["--check", "--eval", "cifar10:{tmp}/c", "--threshold", "NaN"],
+        r"threshold must be a finite similarity in \[-1, 1\], got NaN$",
+    ),
+    (
+        "threshold above 1 in a config file",
+        ["--eval", "cifar10:{tmp}/c", "--config", "{tmp}/high.toml"],
+        r"threshold must be a finite similarity in \[-1, 1\], got 1\.5$",
+    ),
+    (
+        "NaN threshold in a config file, under --check",
+        ["--check", "--eval", "cifar10:{tmp}/c", "--config", "{tmp}/nan.toml"],
+        r"threshold must be a finite similarity in \[-1, 1\], got nan$",
+    ),
+    (
+        "bool top_k in a config file",
+        ["--eval", "cifar10:{tmp}/c", "--config", "{tmp}/topk.toml"],
+        r"top_k must be a int, got True$",
+    ),
+    (
         "unknown hash",
         ["--eval", "cifar10:{tmp}/c", "--hashes", "phash,colorhash"],
         r"hashes: unknown colorhash",
@@ -251,6 +297,9 @@ def test_fail_fast_with_one_clear_line(
     (tmp_path / "badcifar" / "batches.meta.txt").write_text("a\n")
     (tmp_path / "bad.toml").write_text("colour = 'red'\n")
     (tmp_path / "both.toml").write_text("[calibration]\nprecision = 0.9\nthreshold = 0.8\n")
+    (tmp_path / "high.toml").write_text("threshold = 1.5\n")
+    (tmp_path / "nan.toml").write_text("threshold = nan\n")
+    (tmp_path / "topk.toml").write_text("top_k = true\n")
     (tmp_path / "cols.csv").write_text("id,pred\n0,1\n")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--train" not in argv:
