@@ -239,7 +239,8 @@ HELP: dict[str, str] = {
     "user_agent": "User-Agent header (default names the project and its opt-out token)",
     "image_size": "target size in pixels for the resize mode (default: 256)",
     "resize_mode": "no | keep_ratio | keep_ratio_largest | center_crop | border (default: keep_ratio)",
-    "resize_only_if_bigger": "never upscale (default: false)",
+    "resize_only_if_bigger": "leave an image that already fits untouched: no upscale, and no "
+    "crop or border either, as img2dataset (default: false)",
     "encode_format": "jpg | webp | png (default: jpg)",
     "encode_quality": "JPEG/WebP quality 0-100 (default: 95)",
     "min_image_size": "refuse images whose smaller side is below this (default: 0)",

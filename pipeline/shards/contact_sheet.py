@@ -47,8 +47,14 @@ def contact_sheet(
         x = 10 + (i % cols) * (thumb + 10)
         y = top + 10 + (i // cols) * (thumb + text_h + 10)
         sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
-        lines = textwrap.wrap(caption, width=max(10, thumb // 7))[:3]
+        lines = caption_lines(caption, width=max(10, thumb // 7))
         for j, line in enumerate(lines):
             draw.text((x, y + thumb + 4 + 15 * j), line, fill="black", font=font)
     sheet.save(path, "PNG")
     return len(cells)
+
+
+def caption_lines(caption: str, width: int, max_lines: int = 3) -> list[str]:
+    """A caption wrapped to ``max_lines`` lines; one cut short ends with " ..." (ASCII: the
+    default bitmap font has no ellipsis), so a reader knows there is more."""
+    return textwrap.wrap(caption, width=width, max_lines=max_lines, placeholder=" ...")
