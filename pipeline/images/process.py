@@ -307,12 +307,29 @@ def apply_draft(
     return scale, (box if scale > 1 else None)
 
 
+# The longest side each output format can hold (PNG's is 2^31 - 1: no practical limit).
+_MAX_SIDE = {"jpg": 65535, "webp": 16383}
+
+
 def _decode_resize_encode(
     data: bytes, img: ImageFile.ImageFile, config: ImageConfig
 ) -> ImageResult:
     fmt = img.format or ""
     original_size = img.size
     plan = plan_resize(*original_size, config)
+    side = max((config.image_size,) * 2 if plan.square else plan.scaled_size or original_size)
+    limit = _MAX_SIDE.get(config.encode_format)
+    if limit is not None and side > limit:
+        # Checked before the pixels are decoded: the encoder would fail after all that work
+        # (an image that already is in the output format cannot be over its limit).
+        return ImageResult.failure(
+            Status.TOO_LARGE,
+            f"output side {side} px is over the {config.encode_format} limit of {limit} px "
+            f"(from {original_size[0]} x {original_size[1]}); a resize mode that bounds both "
+            "sides (keep_ratio_largest, center_crop, border) or --max-aspect-ratio avoids it",
+            fmt,
+            original_size,
+        )
 
     box: tuple[float, float, float, float] | None = None
     if plan.scaled_size is not None and _shrinks(original_size, plan.scaled_size):

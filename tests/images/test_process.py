@@ -476,3 +476,25 @@ def test_svg_is_named() -> None:
     result = process_image(svg, ImageConfig())
     assert result.status is Status.NOT_IMAGE
     assert result.error_message == "unsupported image format: SVG"
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "size", "status"),
+    [
+        ("keep_ratio", "jpg", (30000, 100), "too_large"),  # 76800 x 256: over JPEG's 65535
+        ("keep_ratio_largest", "jpg", (30000, 100), "success"),  # 256 x 1 bounds both sides
+        ("no", "webp", (20000, 64), "too_large"),  # over WebP's 16383
+        ("no", "png", (20000, 64), "success"),  # PNG has no practical limit
+    ],
+)
+def test_an_output_over_its_formats_side_limit_is_too_large_before_decoding(
+    mode: str, fmt: str, size: tuple[int, int], status: str
+) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, "PNG")
+    config = ImageConfig(image_size=256, resize_mode=mode, encode_format=fmt)
+    result = process_image(buf.getvalue(), config)
+    assert result.status == status, result.error_message
+    if status == "too_large":  # said as such, not as a decode error of the encoder's
+        limit = {"jpg": 65535, "webp": 16383}[fmt]
+        assert f"over the {fmt} limit of {limit} px" in result.error_message
