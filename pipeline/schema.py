@@ -22,7 +22,8 @@ class Status(StrEnum):
     TIMEOUT = "timeout"  # connect, read or total deadline exceeded
     CONNECTION_ERROR = "connection_error"  # DNS, refused, reset, truncated body
     TOO_MANY_REDIRECTS = "too_many_redirects"
-    TOO_LARGE = "too_large"  # bytes over the cap, or pixels over the cap (bombs)
+    TOO_LARGE = "too_large"  # bytes or pixels over the cap (bombs), or an output side over
+    # its format's limit (JPEG 65535 px, WebP 16383)
     NOT_IMAGE = "not_image"  # the body is not a recognised image format
     DECODE_ERROR = "decode_error"  # an image header, but the pixels cannot be decoded
     TOO_SMALL = "too_small"  # smaller than --min-image-size
