@@ -93,17 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def ignored_settings_note(args: argparse.Namespace) -> str | None:
+def ignored_settings_note(args: argparse.Namespace, config: object) -> str | None:
     """The note lines to print for settings this run accepts but cannot honour, else None:
     ``processes`` (flag or config file), and with engine img2dataset the settings it
-    ignores. Raises ConfigError for one that must not be ignored: robots.txt asked for
-    with engine img2dataset."""
+    ignores (``config``: the BuildConfig made of ``args``). Raises ConfigError for one
+    that must not be ignored: robots.txt asked for with engine img2dataset."""
     notes = []
     if args.processes is not None:
         notes.append(PROCESSES_NOTE.format(given="--processes"))
     elif args.config and load_settings(args.config).get("processes") is not None:
         notes.append(PROCESSES_NOTE.format(given=f"processes in {args.config}"))
-    config = config_from_args(args)
     if config.engine == "img2dataset":
         from pipeline.spark.img2dataset_engine import check_config
 
@@ -146,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        note = ignored_settings_note(args)
+        note = ignored_settings_note(args, config)
         check_query_inputs(config)  # a missing file is one line now, not a traceback later
     except (ConfigError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)

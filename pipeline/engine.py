@@ -32,7 +32,7 @@ from pipeline.fetch.client import Fetcher, parse_target, sha256_hex
 from pipeline.fetch.guard import Resolver
 from pipeline.fetch.robots import RobotsCache
 from pipeline.images.process import process_image
-from pipeline.schema import STATUSES, Status
+from pipeline.schema import SAMPLE_FIELDS, STATUSES, Status
 from pipeline.shards.layout import OutputLayout, make_key
 from pipeline.shards.writer import (
     SHARD_SCHEMA_KEY,
@@ -133,21 +133,24 @@ def check_plan(input_path: str, output: str | Path, config: DownloadConfig) -> N
 
 def _checked_fingerprint(
     input_path: str, output: str | Path, config: DownloadConfig
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """This input's fingerprint, and the saved plan (None: none yet) it matches."""
     # As plan.json holds it (json_safe: an unlimited setting is null there; plans written
     # before that hold Infinity, read back as inf: both sides go through json_safe).
     fingerprint = json_safe(json.loads(json.dumps(_fingerprint(input_path, config), default=str)))
     plan_json = OutputLayout(Path(output)).plan_dir / "plan.json"
-    if plan_json.is_file():
-        saved = json_safe(json.loads(plan_json.read_text())["fingerprint"])
-        # The path may differ (a moved or copied input); content and settings may not.
-        changed = sorted(k for k in fingerprint if k != "input" and saved.get(k) != fingerprint[k])
-        if changed:
-            raise InputError(
-                f"{output} holds a dataset planned from a different input or settings "
-                f"({', '.join(changed)} changed): use another --output"
-            )
-    return fingerprint
+    if not plan_json.is_file():
+        return fingerprint, None
+    saved_plan = json.loads(plan_json.read_text())
+    saved = json_safe(saved_plan["fingerprint"])
+    # The path may differ (a moved or copied input); content and settings may not.
+    changed = sorted(k for k in fingerprint if k != "input" and saved.get(k) != fingerprint[k])
+    if changed:
+        raise InputError(
+            f"{output} holds a dataset planned from a different input or settings "
+            f"({', '.join(changed)} changed): use another --output"
+        )
+    return fingerprint, saved_plan
 
 
 def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
@@ -157,11 +160,9 @@ def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
     two datasets in one directory.
     """
     layout = OutputLayout(Path(output))
-    fingerprint = _checked_fingerprint(input_path, output, config)
-    plan_json = layout.plan_dir / "plan.json"
-    if plan_json.is_file():
+    fingerprint, saved = _checked_fingerprint(input_path, output, config)
+    if saved is not None:
         layout.make_dirs()
-        saved = json.loads(plan_json.read_text())
         return Plan(saved["n_rows"], saved["n_shards"], tuple(saved["rows_per_shard"]))
     rows = read_inputs(input_path, config.url_col, config.caption_col)
     layout.make_dirs()  # after the input is read: a bad one leaves no empty folders behind
@@ -179,7 +180,7 @@ def plan(input_path: str, output: str | Path, config: DownloadConfig) -> Plan:
         os.replace(tmp, layout.plan_part(sid))
     result = Plan(len(rows), len(sizes), tuple(sizes))
     write_json_atomic(
-        plan_json,
+        layout.plan_dir / "plan.json",
         {
             "fingerprint": fingerprint,
             "n_rows": result.n_rows,
@@ -352,23 +353,9 @@ def process_shard(
 
 
 def _sample_meta(ledger: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    meta = {k: ledger.get(k) for k in ("key", "url", "caption", "status", "error_message")}
-    meta.update(
-        {
-            k: ledger.get(k)
-            for k in (
-                "width",
-                "height",
-                "original_width",
-                "original_height",
-                "sha256",
-                "num_bytes",
-                "http_status",
-            )
-        }
-    )
-    for k, v in extra.items():
-        meta.setdefault(k, v)
+    meta = {k: ledger.get(k) for k in SAMPLE_FIELDS}
+    for k, v in extra.items():  # make_row renames input columns named as these; a plan
+        meta.setdefault(k, v)  # made before it did may still hold one: ours win
     return meta
 
 

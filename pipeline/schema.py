@@ -33,6 +33,14 @@ class Status(StrEnum):
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 
+# What the engine writes of every sample (its JSON in the tar, its row in the shard
+# Parquet), in order; typed as the ledger types them. The input's other columns follow,
+# and one named as any of these is kept as ``input_<name>``.
+SAMPLE_FIELDS: tuple[str, ...] = (
+    "key", "url", "caption", "status", "error_message", "width", "height",
+    "original_width", "original_height", "sha256", "num_bytes", "http_status",
+)  # fmt: skip
+
 # One row per input row, written per shard under DIR/ledger/NNNNN.parquet.
 LEDGER_SCHEMA = pa.schema(
     [

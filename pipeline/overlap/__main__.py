@@ -19,7 +19,7 @@ from pipeline.config import (
     settings_from_args,
 )
 from pipeline.overlap.calibrate import CalibrationError
-from pipeline.overlap.config import OverlapConfig, add_overlap_flags
+from pipeline.overlap.config import THRESHOLD_RANGE, OverlapConfig, add_overlap_flags
 from pipeline.overlap.detectors import DetectorError
 from pipeline.overlap.evalsets import REGISTRY, EvalSetError, parse_eval_spec
 from pipeline.overlap.predictions import PredictionsError
@@ -125,7 +125,7 @@ def job_from_args(args: argparse.Namespace) -> OverlapJob:
     threshold = [v for k, v in settings.items() if k.replace("-", "_") == "threshold"]
     if threshold and threshold[-1] is not None and config.calibrate:
         # NaN is the default's "calibrate"; a NaN given is a mistake, not that choice.
-        raise ConfigError(f"threshold must be a finite similarity in [-1, 1], got {threshold[-1]}")
+        raise ConfigError(f"{THRESHOLD_RANGE}, got {threshold[-1]}")
     if args.checkpoint and args.predictions:
         raise ConfigError("give --predictions FILE or --checkpoint FILE, not both")
     if not args.checkpoint and (args.model_config or args.templates):

@@ -15,6 +15,10 @@ from pipeline.config import ConfigError
 HASHES: tuple[str, ...] = ("phash", "dhash", "dhash_vertical", "average_hash", "whash")
 
 
+# A given threshold's range (the default NaN means: calibrate).
+THRESHOLD_RANGE = "threshold must be a finite similarity in [-1, 1]"
+
+
 @dataclass(frozen=True)
 class OverlapConfig:
     detector: str = "phash"
@@ -76,9 +80,7 @@ class OverlapConfig:
             raise ConfigError(f"precision must be in (0, 1], got {self.precision}")
         if not math.isnan(self.threshold):  # NaN: calibrate (the default, never given)
             if not -1 <= self.threshold <= 1:
-                raise ConfigError(
-                    f"threshold must be a finite similarity in [-1, 1], got {self.threshold}"
-                )
+                raise ConfigError(f"{THRESHOLD_RANGE}, got {self.threshold}")
             if self.detector == "phash" and self.threshold < 0:
                 raise ConfigError(
                     f"threshold must be in [0, 1] for the phash detector (1 - Hamming "

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import LEDGER_SCHEMA
+from pipeline.schema import LEDGER_SCHEMA, SAMPLE_FIELDS
 from pipeline.shards.atomic import write_text_atomic
 from pipeline.shards.layout import OutputLayout
 
@@ -118,20 +118,16 @@ class ShardWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-# The shard Parquet's own columns, in order, typed as the ledger types them; the input's
-# other columns follow, typed once for the whole output (``extras_schema``, in plan.json),
-# so every shard's Parquet has one schema and a folder of them reads as one table.
-SHARD_COLUMNS = (
-    "key", "url", "caption", "status", "error_message", "width", "height",
-    "original_width", "original_height", "sha256", "num_bytes", "http_status",
-)  # fmt: skip
+# The shard Parquet: SAMPLE_FIELDS, then the input's other columns typed once for the
+# whole output (``extras_schema``, in plan.json), so every shard's Parquet has one schema
+# and a folder of them reads as one table.
 SHARD_SCHEMA_KEY = "shard_extras_schema"  # in DIR/_plan/plan.json
 
 
 def extras_schema(extras: list[dict[str, Any]]) -> pa.Schema:
     """The types of the input's other columns over all its rows: what Arrow infers for each
     column, text where its values mix types (they are written as JSON) or are all null."""
-    names = list(dict.fromkeys(k for e in extras for k in e if k not in SHARD_COLUMNS))
+    names = list(dict.fromkeys(k for e in extras for k in e))
     fields = []
     for name in names:
         try:
@@ -157,7 +153,7 @@ def shard_schema(layout: OutputLayout) -> pa.Schema | None:
     if encoded is None:
         return None
     extras = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(encoded)))
-    core = [LEDGER_SCHEMA.field(c).with_nullable(True) for c in SHARD_COLUMNS]
+    core = [LEDGER_SCHEMA.field(c).with_nullable(True) for c in SAMPLE_FIELDS]
     return pa.schema([*core, *extras])
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import fsspec
 
-from pipeline.schema import Status
+from pipeline.schema import SAMPLE_FIELDS, Status
 
 FORMATS = {
     ".parquet": "parquet",
@@ -77,17 +77,10 @@ def _text(value: Any, what: str) -> tuple[str | None, str | None]:
     return value, None
 
 
-# Fields every sample gets from the engine (its JSON and its shard's Parquet): an input
-# column of the same name is kept as ``input_<name>`` rather than overwritten.
-SAMPLE_FIELDS = frozenset(
-    {"key", "url", "caption", "status", "error_message", "width", "height",
-     "original_width", "original_height", "sha256", "num_bytes", "http_status"}
-)  # fmt: skip
-
-
 def make_row(index: int, raw: dict[str, Any], url_col: str, caption_col: str) -> PairRow:
     url, url_err = _text(raw.get(url_col), "url")
     caption, cap_err = _text(raw.get(caption_col), "caption")
+    # An input column named as a field the engine writes is kept, renamed, not overwritten.
     extra = {
         (f"input_{k}" if k in SAMPLE_FIELDS else k): v
         for k, v in raw.items()
