@@ -39,6 +39,9 @@ class ImageConfig:
     max_aspect_ratio: float = math.inf
     # Refused from the header, before any pixel is decoded (decompression bombs).
     max_image_pixels: int = 89_478_485
+    # img2dataset's ``exif`` field (its default is on; ours is off: the tags may hold a GPS
+    # position or a camera's serial number).
+    extract_exif: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size <= 0:
@@ -247,6 +250,8 @@ HELP: dict[str, str] = {
     "max_aspect_ratio": "refuse images with a larger long/short side ratio (default: inf)",
     "max_image_pixels": "refuse images with more pixels, read from the header before decoding "
     "(default: 89478485)",
+    "extract_exif": "write each image's EXIF tags as a JSON text field `exif`, as img2dataset "
+    "does by default; the tags may include a GPS position (default: false)",
 }
 
 # The build job's settings (pipeline.spark.build.BuildConfig and the stage configs it nests).

@@ -27,12 +27,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import DownloadConfig
+from pipeline.config import DownloadConfig, ImageConfig
 from pipeline.fetch.client import Fetcher, parse_target, sha256_hex
 from pipeline.fetch.guard import Resolver
 from pipeline.fetch.robots import RobotsCache
 from pipeline.images.process import process_image
-from pipeline.schema import SAMPLE_FIELDS, STATUSES, Status
+from pipeline.schema import EXIF_FIELD, SAMPLE_FIELDS, STATUSES, Status, sample_fields
 from pipeline.shards.layout import OutputLayout, make_key
 from pipeline.shards.writer import (
     SHARD_SCHEMA_KEY,
@@ -143,6 +143,11 @@ def _checked_fingerprint(
         return fingerprint, None
     saved_plan = json.loads(plan_json.read_text())
     saved = json_safe(saved_plan["fingerprint"])
+    if isinstance(saved.get("image"), dict):
+        # An image setting added since the plan was made reads as its default: what the
+        # engine then did (a plan without extract_exif wrote no exif field).
+        default = json_safe(json.loads(json.dumps(asdict(ImageConfig()), default=str)))
+        saved["image"] = {**default, **saved["image"]}
     # The path may differ (a moved or copied input); content and settings may not.
     changed = sorted(k for k in fingerprint if k != "input" and saved.get(k) != fingerprint[k])
     if changed:
@@ -279,6 +284,8 @@ def _handle_row(
     if image.status is not Status.SUCCESS:
         return _Outcome(ledger, None, extra, len(data))
     ledger.update(width=image.width, height=image.height)
+    if config.image.extract_exif:
+        ledger[EXIF_FIELD] = image.exif  # the sample's, not the ledger's: see _sample_meta
     return _Outcome(ledger, (image.ext, image.data), extra, len(data))
 
 
@@ -308,6 +315,7 @@ def process_shard(
     # Many threads overlap network waits; a few decode, so CPU work is not time-sliced
     # among dozens of threads (measured: ~10% more images/s on 2 cores than unbounded).
     cpu_slots = threading.BoundedSemaphore(config.decode_threads)
+    fields = sample_fields(config.image.extract_exif)
     try:
         window = config.threads * 4  # bounds the bytes held in memory at once
         with cf.ThreadPoolExecutor(config.threads, thread_name_prefix=f"shard{shard_id}") as pool:
@@ -335,7 +343,11 @@ def process_shard(
                         ext, data = outcome.sample
                         led = outcome.ledger
                         writer.add(
-                            led["key"], ext, data, led["caption"], _sample_meta(led, outcome.extra)
+                            led["key"],
+                            ext,
+                            data,
+                            led["caption"],
+                            _sample_meta(led, outcome.extra, fields),
                         )
                         outcome.sample = (ext, b"")  # written: free the bytes
                 if progress is not None:
@@ -343,7 +355,7 @@ def process_shard(
                 submit_more()
         outcomes.sort(key=lambda o: o.ledger["row_index"])
         stats = _shard_stats(shard_id, outcomes, writer, start)
-        writer.commit(_shard_rows(outcomes), [o.ledger for o in outcomes], stats)
+        writer.commit(_shard_rows(outcomes, fields), [o.ledger for o in outcomes], stats)
     except BaseException:
         writer.abort()
         raise
@@ -352,21 +364,23 @@ def process_shard(
     return stats
 
 
-def _sample_meta(ledger: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    meta = {k: ledger.get(k) for k in SAMPLE_FIELDS}
+def _sample_meta(
+    ledger: dict[str, Any], extra: dict[str, Any], fields: tuple[str, ...] = SAMPLE_FIELDS
+) -> dict[str, Any]:
+    meta = {k: ledger.get(k) for k in fields}
     for k, v in extra.items():  # make_row renames input columns named as these; a plan
         meta.setdefault(k, v)  # made before it did may still hold one: ours win
     return meta
 
 
-def _shard_rows(outcomes: list[_Outcome]) -> list[dict[str, Any]]:
+def _shard_rows(outcomes: list[_Outcome], fields: tuple[str, ...]) -> list[dict[str, Any]]:
     extra_cols: dict[str, None] = {}
     for o in outcomes:
         for k in o.extra:
             extra_cols.setdefault(k, None)
     rows = []
     for o in outcomes:
-        row = _sample_meta(o.ledger, {})
+        row = _sample_meta(o.ledger, {}, fields)
         for k in extra_cols:
             if k not in row:
                 row[k] = o.extra.get(k)

@@ -40,6 +40,17 @@ SAMPLE_FIELDS: tuple[str, ...] = (
     "key", "url", "caption", "status", "error_message", "width", "height",
     "original_width", "original_height", "sha256", "num_bytes", "http_status",
 )  # fmt: skip
+# With --extract-exif, every sample also has img2dataset's ``exif``: a JSON object of the
+# image's EXIF tags as text (null when they cannot be read). An input column so named is
+# kept as ``input_exif`` either way.
+EXIF_FIELD = "exif"
+RESERVED_FIELDS: tuple[str, ...] = (*SAMPLE_FIELDS, EXIF_FIELD)
+
+
+def sample_fields(extract_exif: bool) -> tuple[str, ...]:
+    """The fields the engine writes of every sample, given the extract_exif setting."""
+    return RESERVED_FIELDS if extract_exif else SAMPLE_FIELDS
+
 
 # One row per input row, written per shard under DIR/ledger/NNNNN.parquet.
 LEDGER_SCHEMA = pa.schema(

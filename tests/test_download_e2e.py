@@ -4,11 +4,14 @@ expected status, every row is accounted for exactly once, shards are readable.""
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import itertools
 import json
 import tarfile
+import threading
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,6 +20,7 @@ import pytest
 from pipeline.config import DownloadConfig
 from pipeline.engine import ledger_rows, run_download
 from pipeline.shards.layout import OutputLayout
+from pipeline.sources.pairs import InputError
 from pipeline.synthweb.server import SynthWeb
 from pipeline.synthweb.site import SiteSpec, reference_config
 
@@ -355,3 +359,77 @@ def test_shard_parquets_share_one_schema_and_read_as_one_table(web, tmp_path: Pa
 
 def _not_json(constant: str) -> None:
     raise AssertionError(f"{constant} is not JSON")
+
+
+class _ExifHandler(http.server.BaseHTTPRequestHandler):
+    bodies: ClassVar[dict[str, bytes]] = {}
+
+    def do_GET(self) -> None:
+        body = self.bodies.get(self.path)
+        self.send_response(200 if body is not None else 404)
+        self.send_header("Content-Length", str(len(body or b"")))
+        self.end_headers()
+        self.wfile.write(body or b"")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_extract_exif_writes_img2dataset_exif_field(tmp_path: Path) -> None:
+    from tests.images.test_process import encode, exif_jpeg, noise
+
+    _ExifHandler.bodies = {"/camera.jpg": exif_jpeg(), "/plain.png": encode(noise(40, 40), "PNG")}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ExifHandler)
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
+    try:
+        origin = f"http://127.0.0.1:{server.server_address[1]}"
+        rows = [
+            {"url": origin + "/camera.jpg", "caption": "a camera photo", "exif": "theirs"},
+            {"url": origin + "/plain.png", "caption": "a plain picture", "exif": None},
+            {"url": origin + "/missing.jpg", "caption": "not there", "exif": None},
+        ]
+        pairs = tmp_path / "pairs.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), pairs)
+        on, off = tmp_path / "on", tmp_path / "off"
+        run_download(str(pairs), on, _config(extract_exif=True), show_progress=False)
+        run_download(str(pairs), off, _config(), show_progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    table = pq.read_table(sorted((on / "shards").glob("*.parquet"))).to_pylist()
+    assert [r["status"] for r in table] == ["success", "success", "http_error"]
+    camera, plain, missing = table
+    assert json.loads(camera["exif"])["Image Make"] == "Canon"
+    assert json.loads(camera["exif"])["GPS GPSLatitudeRef"] == "N"
+    assert plain["exif"] == "{}" and missing["exif"] is None
+    assert camera["input_exif"] == "theirs"  # the input's own column is kept, renamed
+    with tarfile.open(on / "shards" / "00000.tar") as tf:
+        meta = json.load(tf.extractfile(f"{camera['key']}.json"))
+    assert meta["exif"] == camera["exif"]
+    # Off (the default): no exif field at all, as img2dataset with extract_exif=False.
+    schema = pq.read_schema(next((off / "shards").glob("*.parquet")))
+    assert "exif" not in schema.names and "input_exif" in schema.names
+    # The setting shapes the output: changing it on a planned output is refused.
+    with pytest.raises(InputError, match="image changed"):
+        run_download(str(pairs), off, _config(extract_exif=True), show_progress=False)
+
+
+def test_a_plan_from_before_a_new_image_setting_still_matches(web, tmp_path: Path) -> None:
+    # Plans made before extract_exif existed hold no such key: read as its default (off),
+    # what the engine then did, so an older output resumes instead of being refused.
+    pairs = tmp_path / "pairs.parquet"
+    good = [r for r in web.pair_rows() if r["fault"] is None][:3]
+    pq.write_table(pa.Table.from_pylist(good), pairs)
+    out = tmp_path / "out"
+    run_download(str(pairs), out, _config(), show_progress=False)
+    plan_json = out / "_plan" / "plan.json"
+    plan = json.loads(plan_json.read_text())
+    del plan["fingerprint"]["image"]["extract_exif"]
+    plan_json.write_text(json.dumps(plan))
+    summary = run_download(str(pairs), out, _config(), show_progress=False)
+    assert summary.stats["rows_this_run"] == 0
+    with pytest.raises(InputError, match="image changed"):
+        run_download(str(pairs), out, _config(extract_exif=True), show_progress=False)

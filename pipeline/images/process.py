@@ -28,11 +28,12 @@ an image may come out neither square nor padded.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, ImageFile
+from PIL import ExifTags, Image, ImageFile, TiffImagePlugin
 
 from pipeline.config import ImageConfig
 from pipeline.schema import Status
@@ -90,6 +91,7 @@ class ImageResult:
     width: int | None  # of the output
     height: int | None
     reencoded: bool
+    exif: str | None = None  # with extract_exif: the EXIF tags as a JSON object (exif_json)
 
     @classmethod
     def failure(
@@ -345,6 +347,7 @@ def _decode_resize_encode(
             original_size,
         )
     transpose = _orientation_transpose(img)
+    exif = exif_json(img) if config.extract_exif else None
     target_fmt = _PIL_FORMAT[config.encode_format]
     if (
         plan.changes_nothing
@@ -354,7 +357,7 @@ def _decode_resize_encode(
         and "transparency" not in img.info
         and not getattr(img, "is_animated", False)
     ):
-        return _success(data, config, fmt, original_size, original_size, reencoded=False)
+        return _success(data, config, fmt, original_size, original_size, reencoded=False, exif=exif)
 
     out: Image.Image = _to_rgb_or_l(img)
     if plan.scaled_size is not None:
@@ -375,7 +378,7 @@ def _decode_resize_encode(
         out.save(buf, "WEBP", quality=config.encode_quality)
     else:
         out.save(buf, "PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return _success(buf.getvalue(), config, fmt, original_size, out.size, reencoded=True)
+    return _success(buf.getvalue(), config, fmt, original_size, out.size, reencoded=True, exif=exif)
 
 
 def _success(
@@ -386,6 +389,7 @@ def _success(
     size: tuple[int, int],
     *,
     reencoded: bool,
+    exif: str | None = None,
 ) -> ImageResult:
     return ImageResult(
         status=Status.SUCCESS,
@@ -398,7 +402,63 @@ def _success(
         width=size[0],
         height=size[1],
         reencoded=reencoded,
+        exif=exif,
     )
+
+
+# EXIF pointers to sub-directories (read as their own groups) and blobs that are no tag
+# values: the maker's private block and the embedded thumbnail, as exifread's details=False.
+_EXIF_IFD, _GPS_IFD, _INTEROP_IFD = 0x8769, 0x8825, 0xA005
+_EXIF_SKIPPED = {_EXIF_IFD, _GPS_IFD, _INTEROP_IFD, 0x927C, 0x0201, 0x0202}
+
+
+def exif_json(img: Image.Image) -> str | None:
+    """The image's EXIF tags as img2dataset writes them: a JSON object of text values named
+    as exifread names them ("Image Make", "EXIF DateTimeOriginal", "GPS GPSLatitude"),
+    "{}" for an image without EXIF, None when its EXIF block cannot be read."""
+    try:
+        exif = img.getexif()
+        groups = [("Image", dict(exif), ExifTags.TAGS)]
+        if _EXIF_IFD in exif:
+            groups.append(("EXIF", dict(exif.get_ifd(_EXIF_IFD)), ExifTags.TAGS))
+        if _GPS_IFD in exif:
+            groups.append(("GPS", dict(exif.get_ifd(_GPS_IFD)), ExifTags.GPSTAGS))
+        tags: dict[str, str] = {}
+        for group, values, names in groups:
+            for tag, value in values.items():
+                if tag in _EXIF_SKIPPED or value is None:
+                    continue
+                text = _exif_text(value)
+                if text is not None:
+                    tags[f"{group} {names.get(tag, f'Tag 0x{tag:04X}')}"] = text
+        return json.dumps(tags, ensure_ascii=False)
+    except Exception:
+        return None  # a malformed block: the pixels are still good
+
+
+def _exif_text(value: Any) -> str | None:
+    """A tag value as text: rationals as "n/d", sequences as "[a, b]", bytes when they are
+    printable text (None otherwise: binary blobs are left out)."""
+    if isinstance(value, bytes):
+        # UserComment-style text names its encoding in 8 bytes first.
+        head, body = value[:8], value[8:]
+        if head == b"UNICODE\0":
+            text = body.decode("utf-16", "replace")
+        else:
+            text = (body if head in (b"ASCII\0\0\0", b"\0" * 8) else value).decode("latin-1")
+        return _printable(text.replace("\0", ""))
+    if isinstance(value, tuple | list):
+        parts = [_exif_text(v) for v in value]
+        return None if None in parts else f"[{', '.join(p for p in parts if p is not None)}]"
+    if isinstance(value, TiffImagePlugin.IFDRational):
+        num, den = value.numerator, value.denominator
+        return str(num) if den == 1 else f"{num}/{den}"
+    return _printable(str(value).replace("\0", ""))
+
+
+def _printable(text: str) -> str | None:
+    text = text.strip()
+    return text if all(c.isprintable() or c.isspace() for c in text) else None
 
 
 def _shrinks(size: tuple[int, int], target: tuple[int, int]) -> bool:

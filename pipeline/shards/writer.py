@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.schema import LEDGER_SCHEMA, SAMPLE_FIELDS
+from pipeline.schema import EXIF_FIELD, LEDGER_SCHEMA, sample_fields
 from pipeline.shards.atomic import write_text_atomic
 from pipeline.shards.layout import OutputLayout
 
@@ -147,13 +147,20 @@ def shard_schema(layout: OutputLayout) -> pa.Schema | None:
     it was recorded: each shard's types are then inferred from its own rows)."""
     plan_json = layout.plan_dir / "plan.json"
     try:
-        encoded = json.loads(plan_json.read_text()).get(SHARD_SCHEMA_KEY)
+        plan = json.loads(plan_json.read_text())
+        encoded = plan.get(SHARD_SCHEMA_KEY)
     except (OSError, ValueError):
         return None
     if encoded is None:
         return None
     extras = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(encoded)))
-    core = [LEDGER_SCHEMA.field(c).with_nullable(True) for c in SAMPLE_FIELDS]
+    extract_exif = bool(plan["fingerprint"]["image"].get("extract_exif", False))
+    core = [
+        LEDGER_SCHEMA.field(c).with_nullable(True)
+        if c in LEDGER_SCHEMA.names
+        else pa.field(c, pa.string())
+        for c in sample_fields(extract_exif)
+    ]
     return pa.schema([*core, *extras])
 
 
@@ -187,4 +194,4 @@ def _shard_table(rows: list[dict[str, Any]], schema: pa.Schema | None = None) ->
         return pa.Table.from_pylist(fixed)
 
 
-_CORE_COLUMNS = frozenset(LEDGER_SCHEMA.names)
+_CORE_COLUMNS = frozenset(LEDGER_SCHEMA.names) | {EXIF_FIELD}

@@ -18,7 +18,7 @@ from typing import Any
 
 import fsspec
 
-from pipeline.schema import SAMPLE_FIELDS, Status
+from pipeline.schema import RESERVED_FIELDS, Status
 
 FORMATS = {
     ".parquet": "parquet",
@@ -82,7 +82,7 @@ def make_row(index: int, raw: dict[str, Any], url_col: str, caption_col: str) ->
     caption, cap_err = _text(raw.get(caption_col), "caption")
     # An input column named as a field the engine writes is kept, renamed, not overwritten.
     extra = {
-        (f"input_{k}" if k in SAMPLE_FIELDS else k): v
+        (f"input_{k}" if k in RESERVED_FIELDS else k): v
         for k, v in raw.items()
         if k not in (url_col, caption_col)
     }

@@ -341,15 +341,20 @@ def changed_settings(recorded: dict[str, Any], config: BuildConfig) -> list[str]
             return {prefix[:-1]: d}
         return {k: v for key, sub in d.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
 
-    # As stats.json records them: an unlimited (infinite) setting is null there.
-    now = flat(json.loads(json.dumps(json_safe(dataclasses.asdict(config)), default=str)))
-    then = flat(json.loads(json.dumps(json_safe(recorded), default=str)))
+    def as_recorded(d: Any) -> dict[str, Any]:
+        # As stats.json records them: an unlimited (infinite) setting is null there.
+        return flat(json.loads(json.dumps(json_safe(d), default=str)))
+
+    now = as_recorded(dataclasses.asdict(config))
+    then = as_recorded(recorded)
+    # A setting added since that build reads as its default: what the build then did.
+    default = as_recorded(dataclasses.asdict(BuildConfig()))
     return sorted(
         k
         for k in set(now) | set(then)
         if k not in RUNTIME_SETTINGS
         and not k.startswith(RUNTIME_PREFIXES)
-        and now.get(k) != then.get(k)
+        and now.get(k) != then.get(k, default.get(k))
     )
 
 

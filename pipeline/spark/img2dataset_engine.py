@@ -208,6 +208,7 @@ def download_with_img2dataset(
                     min_image_size=config.image.min_image_size,
                     max_aspect_ratio=config.image.max_aspect_ratio,
                     max_image_area=float(config.image.max_image_pixels),
+                    extract_exif=config.image.extract_exif,
                     user_agent_token="wit-builder",
                     disallowed_header_directives=list(config.fetch.opt_out_directives),
                     incremental_mode="incremental",

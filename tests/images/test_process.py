@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, TiffImagePlugin
 
 from pipeline.config import ImageConfig
 from pipeline.images import ImageResult, process_image
@@ -498,3 +498,54 @@ def test_an_output_over_its_formats_side_limit_is_too_large_before_decoding(
     if status == "too_large":  # said as such, not as a decode error of the encoder's
         limit = {"jpg": 65535, "webp": 16383}[fmt]
         assert f"over the {fmt} limit of {limit} px" in result.error_message
+
+
+def exif_jpeg() -> bytes:
+    """A JPEG with camera tags, a sub-IFD of exposure tags and a GPS position."""
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"  # Make
+    exif[0x0110] = "EOS 5D\x00"  # Model, NUL-terminated as cameras write it
+    exif[0x0112] = 1  # Orientation
+    sub = exif.get_ifd(0x8769)
+    sub[0x829A] = TiffImagePlugin.IFDRational(1, 250)  # ExposureTime
+    sub[0x9003] = "2024:05:01 10:20:30"  # DateTimeOriginal
+    sub[0x9286] = b"ASCII\x00\x00\x00a comment"  # UserComment
+    sub[0x927C] = bytes(range(256))  # MakerNote: a private blob, left out
+    gps = exif.get_ifd(0x8825)
+    gps[1] = "N"  # GPSLatitudeRef
+    gps[2] = tuple(TiffImagePlugin.IFDRational(n, d) for n, d in ((48, 1), (51, 1), (2997, 100)))
+    return encode(noise(64, 48), "JPEG", exif=exif.tobytes())
+
+
+def test_extract_exif_names_tags_as_img2dataset_and_leaves_blobs_out() -> None:
+    import json
+
+    import exifread  # what img2dataset reads EXIF with
+
+    data = exif_jpeg()
+    result = process_image(data, ImageConfig(resize_mode="no", extract_exif=True))
+    assert result.status is Status.SUCCESS and not result.reencoded
+    tags = json.loads(result.exif)
+    assert tags["Image Make"] == "Canon" and tags["Image Model"] == "EOS 5D"
+    assert tags["EXIF ExposureTime"] == "1/250"
+    assert tags["EXIF DateTimeOriginal"] == "2024:05:01 10:20:30"
+    assert tags["EXIF UserComment"] == "a comment"
+    assert tags["GPS GPSLatitudeRef"] == "N" and tags["GPS GPSLatitude"] == "[48, 51, 2997/100]"
+    assert "EXIF MakerNote" not in tags
+    assert all(isinstance(v, str) for v in tags.values())
+    # Named as img2dataset's exifread names them (a few of its tags are layout, not values;
+    # it leaves UserComment out without details, which we keep: it is text).
+    theirs = exifread.process_file(io.BytesIO(data), details=False)
+    assert set(tags) - set(theirs) == {"EXIF UserComment"}
+    assert {k for k in theirs if not k.startswith(("Image ExifOffset", "Image GPSInfo"))} - set(
+        tags
+    ) <= {"EXIF MakerNote"}
+    # Re-encoded output carries the same field; off (the default), no field.
+    shrunk = process_image(data, ImageConfig(image_size=16, extract_exif=True))
+    assert shrunk.reencoded and json.loads(shrunk.exif) == tags
+    assert process_image(data, ImageConfig(resize_mode="no")).exif is None
+
+
+def test_extract_exif_of_an_image_without_exif_is_an_empty_object() -> None:
+    result = process_image(encode(noise(32, 32), "PNG"), ImageConfig(extract_exif=True))
+    assert result.status is Status.SUCCESS and result.exif == "{}"
