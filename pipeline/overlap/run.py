@@ -204,9 +204,11 @@ def zeroshot_predictions(
             progress,
         )
         results[s.name] = r
+        top5 = r.metrics["top5"]
         log(
             f"{s.name}: zero-shot top-1 {100 * r.metrics['top1']:.2f}%, top-5 "
-            f"{100 * r.metrics['top5']:.2f}% ({r.metrics['templates']} templates)"
+            + (f"{100 * top5:.2f}%" if top5 is not None else "n/a (5 classes or fewer)")
+            + f" ({r.metrics['templates']} templates)"
         )
     return results
 

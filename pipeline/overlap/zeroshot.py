@@ -38,7 +38,7 @@ class ZeroShotError(ValueError):
 @dataclass(frozen=True)
 class ZeroShotResult:
     top1: float
-    top5: float
+    top5: float | None  # None with 5 classes or fewer: every label is in the top five
     predictions: list[int]  # class index per image, in input order
 
 
@@ -111,7 +111,8 @@ def classify(
     top = np.concatenate(parts) if parts else np.zeros((0, 1), np.int64)
     hits1, hits5 = _accuracy(top, np.asarray(list(labels), dtype=np.int64))
     n = max(1, len(top))
-    return ZeroShotResult(hits1 / n, hits5 / n, top[:, 0].tolist())
+    top5 = hits5 / n if classifier.shape[1] > 5 else None  # 5 classes or fewer: always 1
+    return ZeroShotResult(hits1 / n, top5, top[:, 0].tolist())
 
 
 def predict_eval_set(
@@ -165,7 +166,8 @@ def predict_eval_set(
         "classes": len(eval_set.classes),
         "templates": len(templates),
         "top1": hits1 / n if n else 0.0,
-        "top5": hits5 / n if n else 0.0,
+        # With five classes or fewer every label is in the top five: no measure, so null.
+        "top5": (hits5 / n if n else 0.0) if len(eval_set.classes) > 5 else None,
         "undecodable": undecodable,
     }
     return EvalSetPredictions(top[:, 0].copy(), top, metrics)
