@@ -199,21 +199,30 @@ def contact_sheet(
     pairs: Sequence[Pair], threshold: float, title: str, path: Path, side: int = 128
 ) -> None:
     """A grid of (eval image | training image) pairs with their scores; red frame: at or above
-    the threshold (called overlap), grey: below."""
+    the threshold (called overlap), grey: below. Long ids keep their end, after "..."."""
     per_row = 4
     text_h = 30
+    header = 44
     cell_w, cell_h = 2 * side + 12, side + text_h + 12
     rows = max(1, math.ceil(len(pairs) / per_row))
-    sheet = Image.new("RGB", (per_row * cell_w + 8, 28 + rows * cell_h), "white")
+    sheet = Image.new("RGB", (per_row * cell_w + 8, header + rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text(
         (8, 8),
         f"{title}  threshold {threshold:.4f}  (left: eval item, right: nearest training image)",
         fill="black",
     )
+    x = 8
+    for colour, label in (
+        (OVERLAP_FRAME, "overlap: score >= threshold"),
+        (CLEAN_FRAME, "clean: below"),
+    ):
+        draw.rectangle((x, 24, x + 14, 36), outline=colour, width=3)
+        draw.text((x + 20, 25), label, fill="black")
+        x += 20 + int(draw.textlength(label)) + 24
     for i, p in enumerate(pairs):
         x0 = 4 + (i % per_row) * cell_w
-        y0 = 28 + (i // per_row) * cell_h
+        y0 = header + (i // per_row) * cell_h
         train_img = None
         if p.train_image is not None:
             try:
@@ -221,14 +230,22 @@ def contact_sheet(
                 train_img.load()
             except Exception:  # a damaged training image still gets its cell, blank
                 train_img = None
-        colour = (200, 30, 30) if p.score >= threshold else (150, 150, 150)
+        colour = OVERLAP_FRAME if p.score >= threshold else CLEAN_FRAME
         draw.rectangle((x0, y0, x0 + cell_w - 6, y0 + side + 6), outline=colour, width=3)
         sheet.paste(_thumb(p.eval_image, side), (x0 + 3, y0 + 3))
         sheet.paste(_thumb(train_img, side), (x0 + side + 6, y0 + 3))
-        draw.text((x0 + 2, y0 + side + 9), f"{p.score:.4f}  {p.eval_id[-28:]}", fill="black")
-        draw.text((x0 + 2, y0 + side + 21), f"key {p.train_key[-34:]}", fill=(90, 90, 90))
+        draw.text((x0 + 2, y0 + side + 9), f"{p.score:.4f}  {_tail(p.eval_id, 28)}", fill="black")
+        draw.text((x0 + 2, y0 + side + 21), f"key {_tail(p.train_key, 34)}", fill=(90, 90, 90))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
+
+
+OVERLAP_FRAME, CLEAN_FRAME = (200, 30, 30), (150, 150, 150)
+
+
+def _tail(text: str, width: int) -> str:
+    """``text`` in ``width`` characters: its end (where ids differ), marked when cut."""
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
 
 
 def borderline_rows(scores: np.ndarray, threshold: float, n: int) -> np.ndarray:
