@@ -15,7 +15,9 @@ small as possible:
 4. The pixels are decoded, flattened to RGB (transparency onto white), resized with an
    antialiasing filter, turned upright by their EXIF orientation, cropped or padded.
 5. When nothing changed and the original is already in the output format, the original
-   bytes are kept as they are.
+   bytes are kept, without their metadata (EXIF, XMP, comments: a GPS position, a
+   camera serial number): cut losslessly out of a JPEG, a PNG or WebP holding any is
+   re-encoded. A re-encoded image never carries metadata.
 
 Resize modes follow img2dataset 1.47 (``resizer.py``): ``keep_ratio`` and
 ``center_crop`` scale the smallest side to ``image_size``, ``keep_ratio_largest`` and
@@ -357,7 +359,11 @@ def _decode_resize_encode(
         and "transparency" not in img.info
         and not getattr(img, "is_animated", False)
     ):
-        return _success(data, config, fmt, original_size, original_size, reencoded=False, exif=exif)
+        kept = without_metadata(data, img)
+        if kept is not None:
+            return _success(
+                kept, config, fmt, original_size, original_size, reencoded=False, exif=exif
+            )
 
     out: Image.Image = _to_rgb_or_l(img)
     if plan.scaled_size is not None:
@@ -404,6 +410,61 @@ def _success(
         reencoded=reencoded,
         exif=exif,
     )
+
+
+# JPEG segments kept from an original: JFIF (APP0), the ICC colour profile (APP2) and
+# Adobe's colour transform (APP14) change how the pixels look; EXIF and XMP (APP1), IPTC
+# (APP13), comments and the other APPn segments are metadata: a GPS position, a camera
+# serial number, an author's name.
+_JPEG_KEPT_APPS = {0xE0, 0xEE}
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+
+
+def without_metadata(data: bytes, img: Image.Image) -> bytes | None:
+    """An original kept as it came, without its metadata: a JPEG with its metadata segments
+    and anything after its end removed (lossless: the entropy-coded data is untouched); a
+    PNG or WebP as it is when it holds no EXIF, XMP or text. None: it must be re-encoded."""
+    if img.format == "JPEG":
+        return _strip_jpeg(data)
+    if any(k in img.info for k in ("exif", "xmp", "XML:com.adobe.xmp", "comment")):
+        return None
+    if getattr(img, "text", None):  # PNG tEXt/zTXt/iTXt chunks
+        return None
+    return data
+
+
+def _strip_jpeg(data: bytes) -> bytes | None:
+    if data[:2] != b"\xff\xd8":
+        return None
+    out = [data[:2]]
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            out.append(data[pos : pos + 2])
+            pos += 2
+            continue
+        if marker == 0xDA:  # start of scan: the image data runs to the end marker
+            end = data.find(b"\xff\xd9", pos)
+            if end < 0:
+                return None
+            out.append(data[pos : end + 2])
+            return b"".join(out)
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if length < 2 or pos + 2 + length > len(data):
+            return None
+        segment = data[pos : pos + 2 + length]
+        is_app = 0xE0 <= marker <= 0xEF
+        icc = marker == 0xE2 and segment[4:16] == b"ICC_PROFILE\0"
+        if marker != 0xFE and (not is_app or marker in _JPEG_KEPT_APPS or icc):
+            out.append(segment)
+        pos += 2 + length
+    return None
 
 
 # EXIF pointers to sub-directories (read as their own groups) and blobs that are no tag

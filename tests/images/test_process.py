@@ -243,7 +243,11 @@ def test_exif_orientation_6_rotates_to_portrait() -> None:
 def test_exif_orientation_1_keeps_bytes() -> None:
     data = oriented_jpeg(1)
     result = process_image(data, ImageConfig(resize_mode="no"))
-    assert result.data == data and not result.reencoded
+    # Upright already: not re-encoded; only its EXIF block is gone (see below).
+    assert not result.reencoded and len(result.data) < len(data)
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(io.BytesIO(result.data))), np.asarray(Image.open(io.BytesIO(data)))
+    )
 
 
 def mode_samples() -> list[tuple[str, bytes, tuple[int, int, int]]]:
@@ -549,3 +553,45 @@ def test_extract_exif_names_tags_as_img2dataset_and_leaves_blobs_out() -> None:
 def test_extract_exif_of_an_image_without_exif_is_an_empty_object() -> None:
     result = process_image(encode(noise(32, 32), "PNG"), ImageConfig(extract_exif=True))
     assert result.status is Status.SUCCESS and result.exif == "{}"
+
+
+def test_a_kept_original_loses_its_metadata_not_its_pixels() -> None:
+    # A JPEG already at its output size is kept as it came (no re-encode), but its EXIF (a
+    # GPS position here), XMP, comment and anything appended after its end are removed;
+    # its colour profile and every pixel stay.
+    icc = srgb_profile()
+    original = encode(
+        noise(64, 48),
+        "JPEG",
+        exif=Image.open(io.BytesIO(exif_jpeg())).info["exif"],
+        icc_profile=icc,
+        comment=b"by someone",
+    )
+    original += b"appended payload"
+    result = process_image(original, ImageConfig(resize_mode="no"))
+    assert result.status is Status.SUCCESS and not result.reencoded
+    kept = Image.open(io.BytesIO(result.data))
+    assert not kept.getexif() and "comment" not in kept.info and "exif" not in kept.info
+    assert kept.info.get("icc_profile") == icc
+    assert result.data.endswith(b"\xff\xd9") and b"payload" not in result.data
+    np.testing.assert_array_equal(np.asarray(kept), np.asarray(Image.open(io.BytesIO(original))))
+    # A JPEG without metadata is kept byte for byte; a PNG with a text chunk is re-encoded
+    # (losslessly) without it.
+    plain = encode(noise(64, 48), "JPEG")
+    assert process_image(plain, ImageConfig(resize_mode="no")).data == plain
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "someone")
+    png = encode(noise(40, 30), "PNG", pnginfo=info)
+    out = process_image(png, ImageConfig(resize_mode="no", encode_format="png"))
+    assert out.status is Status.SUCCESS and out.reencoded
+    again = Image.open(io.BytesIO(out.data))
+    assert not getattr(again, "text", None)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(Image.open(io.BytesIO(png))))
+
+
+def srgb_profile() -> bytes:
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
