@@ -139,7 +139,7 @@ def config_from_args(args: argparse.Namespace) -> object:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pipeline.demo import DEMO_PORT, demo_config, demo_web
-    from pipeline.spark.build import check_query_inputs, run_build
+    from pipeline.spark.build import ShardsFailed, check_query_inputs, run_build
     from pipeline.spark.session import get_session
 
     args = build_parser().parse_args(argv)
@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ShardsFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     from pipeline.stats.funnel import Funnel, Stage
 
     f = stats["funnel"]

@@ -262,6 +262,30 @@ def _handle_row(
     }
     if row["status"]:
         return _Outcome(ledger, None, extra, 0)
+    try:
+        return _fetch_and_process(ledger, row, extra, fetcher, config, cpu_slots)
+    except Exception as e:
+        # The fetcher and the image step turn every fault of the web into a status; what
+        # still escapes is our bug. It is this row's, not its shard's: a shard failed on
+        # it would fail again on every rerun and leave all its rows unaccounted for.
+        ledger.update(
+            status=Status.INTERNAL_ERROR.value,
+            error_message=f"internal error (please report): {type(e).__name__}: {e}",
+        )
+        for name in ("original_width", "original_height", "width", "height"):
+            ledger.pop(name, None)
+        ledger.pop(EXIF_FIELD, None)
+        return _Outcome(ledger, None, extra, 0)
+
+
+def _fetch_and_process(
+    ledger: dict[str, Any],
+    row: dict[str, Any],
+    extra: dict[str, Any],
+    fetcher: Fetcher,
+    config: DownloadConfig,
+    cpu_slots: threading.BoundedSemaphore,
+) -> _Outcome:
     fetched = fetcher.fetch(row["url"])
     ledger.update(
         http_status=fetched.http_status, attempts=fetched.attempts, final_url=fetched.final_url
@@ -276,8 +300,10 @@ def _handle_row(
     ledger.update(
         num_bytes=len(data),
         sha256=digest,
-        original_width=image.original_width,
-        original_height=image.original_height,
+        # A header may claim up to 2^32 - 1 pixels a side (refused as too_large, its size
+        # in the message); the ledger's int32 holds any size an image can really have.
+        original_width=_int32_or_none(image.original_width),
+        original_height=_int32_or_none(image.original_height),
         status=image.status.value,
         error_message=image.error_message,
     )
@@ -287,6 +313,10 @@ def _handle_row(
     if config.image.extract_exif:
         ledger[EXIF_FIELD] = image.exif  # the sample's, not the ledger's: see _sample_meta
     return _Outcome(ledger, (image.ext, image.data), extra, len(data))
+
+
+def _int32_or_none(value: int | None) -> int | None:
+    return value if value is not None and -(2**31) <= value < 2**31 else None
 
 
 def process_shard(

@@ -29,6 +29,9 @@ class Status(StrEnum):
     TOO_SMALL = "too_small"  # smaller than --min-image-size
     BAD_ASPECT_RATIO = "bad_aspect_ratio"  # beyond --max-aspect-ratio
     OPT_OUT = "opt_out"  # X-Robots-Tag noai/noimageai, or robots.txt disallows
+    # A bug of ours met on this row (its message names the exception): the row is kept and
+    # its shard still commits, instead of one row failing the shard on every rerun.
+    INTERNAL_ERROR = "internal_error"
 
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)

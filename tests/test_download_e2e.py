@@ -4,14 +4,11 @@ expected status, every row is accounted for exactly once, shards are readable.""
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import itertools
 import json
 import tarfile
-import threading
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +20,7 @@ from pipeline.shards.layout import OutputLayout
 from pipeline.sources.pairs import InputError
 from pipeline.synthweb.server import SynthWeb
 from pipeline.synthweb.site import SiteSpec, reference_config
+from tests.loopback import serve
 
 SPEC = SiteSpec(seed=7, n_images=24, n_hosts=3, n_pages=3, stall_seconds=10.0)
 
@@ -361,30 +359,11 @@ def _not_json(constant: str) -> None:
     raise AssertionError(f"{constant} is not JSON")
 
 
-class _ExifHandler(http.server.BaseHTTPRequestHandler):
-    bodies: ClassVar[dict[str, bytes]] = {}
-
-    def do_GET(self) -> None:
-        body = self.bodies.get(self.path)
-        self.send_response(200 if body is not None else 404)
-        self.send_header("Content-Length", str(len(body or b"")))
-        self.end_headers()
-        self.wfile.write(body or b"")
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_extract_exif_writes_img2dataset_exif_field(tmp_path: Path) -> None:
     from tests.images.test_process import encode, exif_jpeg, noise
 
-    _ExifHandler.bodies = {"/camera.jpg": exif_jpeg(), "/plain.png": encode(noise(40, 40), "PNG")}
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ExifHandler)
-    threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    ).start()
-    try:
-        origin = f"http://127.0.0.1:{server.server_address[1]}"
+    bodies = {"/camera.jpg": exif_jpeg(), "/plain.png": encode(noise(40, 40), "PNG")}
+    with serve(bodies) as origin:
         rows = [
             {"url": origin + "/camera.jpg", "caption": "a camera photo", "exif": "theirs"},
             {"url": origin + "/plain.png", "caption": "a plain picture", "exif": None},
@@ -395,9 +374,6 @@ def test_extract_exif_writes_img2dataset_exif_field(tmp_path: Path) -> None:
         on, off = tmp_path / "on", tmp_path / "off"
         run_download(str(pairs), on, _config(extract_exif=True), show_progress=False)
         run_download(str(pairs), off, _config(), show_progress=False)
-    finally:
-        server.shutdown()
-        server.server_close()
 
     table = pq.read_table(sorted((on / "shards").glob("*.parquet"))).to_pylist()
     assert [r["status"] for r in table] == ["success", "success", "http_error"]

@@ -199,6 +199,9 @@ def _open_header(data: bytes) -> ImageFile.ImageFile | ImageResult:
             continue
         try:
             return factory(io.BytesIO(data), None)
+        except Image.DecompressionBombError as e:
+            # Pillow's own guard, met in a header (a GIF frame larger than its screen).
+            return ImageResult.failure(Status.TOO_LARGE, f"decompression bomb: {e}", fmt)
         except Exception as e:
             return ImageResult.failure(
                 Status.NOT_IMAGE,

@@ -44,6 +44,15 @@ KEPT = "kept"
 DROPPED = "dropped"
 
 
+class ShardsFailed(RuntimeError):
+    """Download shards that did not commit (their error named): the build stops before
+    dedup and the funnel, which would count their rows as lost."""
+
+
+def _by_int(item: tuple[str, Any]) -> int:
+    return int(item[0])
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     output: str = "data/demo"
@@ -513,6 +522,13 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
         dl = download_on_spark(spark, str(pairs_path), out, config.download)
     else:
         dl = {"rows": 0, "status_counts": {}, "successes": 0, "shards": 0}
+    failed = dl.get("failed_shards") or {}
+    if failed:
+        raise ShardsFailed(
+            f"download: {len(failed)} of {dl['shards']} shards failed ("
+            + "; ".join(f"shard {sid}: {why}" for sid, why in sorted(failed.items(), key=_by_int))
+            + "): committed shards are kept; rerun the same command to retry the others"
+        )
     log(f"download: {dl['successes']:,} of {dl['rows']:,} images")
 
     # 7. Dedup images

@@ -595,3 +595,23 @@ def srgb_profile() -> bytes:
     from PIL import ImageCms
 
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def test_a_gif_frame_larger_than_its_screen_is_too_large_from_the_header() -> None:
+    # Pillow's own bomb guard fires while it reads the frame descriptor (the header): that
+    # is too_large, not "unreadable header".
+    buf = io.BytesIO()
+    Image.new("P", (10, 10)).save(buf, "GIF")
+    gif = bytearray(buf.getvalue())
+    flags = gif[10]
+    descriptor = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    while gif[descriptor] == 0x21:  # skip extension blocks up to the image descriptor
+        descriptor += 2
+        while gif[descriptor]:
+            descriptor += gif[descriptor] + 1
+        descriptor += 1
+    assert gif[descriptor] == 0x2C
+    gif[descriptor + 5 : descriptor + 9] = struct.pack("<HH", 65535, 65535)
+    result = process_image(bytes(gif), ImageConfig())
+    assert result.status is Status.TOO_LARGE, result.error_message
+    assert "decompression bomb" in result.error_message

@@ -318,3 +318,30 @@ def test_pairs_folder_is_read_file_by_file_in_name_order(tmp_path: Path) -> None
         f"pairs:{folder / 'b.parquet'}#000000000",
     ]
     assert counters.to_dict()["pairs.files"] == 3
+
+
+def test_a_failed_shard_stops_the_build_naming_it_and_a_rerun_finishes(
+    spark, web, built, tmp_path: Path
+) -> None:
+    import shutil
+
+    from pipeline.shards.layout import OutputLayout
+    from pipeline.spark.build import ShardsFailed
+
+    done, stats = built
+    out = tmp_path / "ds"
+    shutil.copytree(done, out)
+    layout = OutputLayout(out)
+    # Shard 1 uncommitted, and its plan part damaged (as by a disk fault): that shard
+    # cannot be downloaded. The others are committed and stay as they are.
+    layout.shard_stats(1).unlink()
+    part = layout.plan_part(1)
+    good_part = part.read_bytes()
+    part.write_bytes(b"not parquet")
+    with pytest.raises(ShardsFailed, match=r"1 of \d+ shards failed \(shard 1: .*rerun"):
+        run_build(spark, _config(web, out), log=lambda m: None)
+    assert not layout.is_committed(1) and layout.is_committed(0)
+    part.write_bytes(good_part)
+    again = run_build(spark, _config(web, out), log=lambda m: None)
+    assert again["funnel"] == stats["funnel"]
+    assert layout.is_committed(1)
