@@ -545,7 +545,7 @@ def run_download(
         pool = _WorkerPool(n_processes) if n_processes > 1 else None
         try:
             the_plan = plan(input_path, root, config)
-            shutil.rmtree(layout.tmp_dir, ignore_errors=True)  # what a killed run left
+            layout.remove_leftovers()  # what a killed run left half-written
             pending = [s for s in range(the_plan.n_shards) if not layout.is_committed(s)]
             todo_rows = sum(the_plan.rows_per_shard[s] for s in pending)
             before = merge_stats(layout, the_plan.n_shards)

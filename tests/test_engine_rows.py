@@ -76,3 +76,32 @@ def test_the_readme_names_every_status() -> None:
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert [s for s in STATUSES if f"`{s}`" not in readme] == []
+
+
+def test_a_rerun_removes_what_a_killed_run_left_half_written(tmp_path: Path) -> None:
+    from pipeline.engine import run_download
+
+    config = dataclasses.replace(reference_config(), samples_per_shard=1, processes=1)
+    with serve(
+        {"/a.png": encode(noise(40, 30), "PNG"), "/b.png": encode(noise(30, 40), "PNG")}
+    ) as origin:
+        pairs = tmp_path / "pairs.parquet"
+        rows = [{"url": f"{origin}/{n}.png", "caption": f"picture {n}"} for n in "ab"]
+        pq.write_table(pa.Table.from_pylist(rows), pairs)
+        out = tmp_path / "out"
+        run_download(str(pairs), out, config, show_progress=False)
+        layout = OutputLayout(out)
+        # As a SIGKILL in the middle of atomic writes leaves them (write_json_atomic's and
+        # the plan's part names), beside the committed files.
+        leftovers = [
+            layout.shards_dir / ".00001_stats.json.0123456789ab.tmp",
+            layout.ledger_dir / ".00001.parquet.0123456789ab.tmp",
+            layout.root / ".stats.json.0123456789ab.tmp",
+            layout.plan_dir / "00002.tmp",
+        ]
+        committed = sorted(p.name for p in layout.shards_dir.iterdir())
+        for path in leftovers:
+            path.write_text("half")
+        run_download(str(pairs), out, config, show_progress=False)
+    assert [p for p in leftovers if p.exists()] == []
+    assert sorted(p.name for p in layout.shards_dir.iterdir()) == committed

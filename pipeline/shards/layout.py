@@ -10,6 +10,7 @@ DIR/stats.json                 merged counts of all committed shards
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,17 @@ class OutputLayout:
 
     def is_committed(self, shard_id: int) -> bool:
         return self.shard_stats(shard_id).is_file() and self.ledger(shard_id).is_file()
+
+    def remove_leftovers(self) -> None:
+        """What a killed run left half-written: the shard writers' temp folder, the hidden
+        temp files of atomic writes (``.NAME.HEX.tmp``) and the plan's part files being
+        written. Only while holding the output's run lock: a live writer's are its own."""
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        leftovers = [*self.plan_dir.glob("*.tmp")]
+        for folder in (self.root, self.shards_dir, self.ledger_dir, self.plan_dir):
+            leftovers += folder.glob(".*.tmp")
+        for path in leftovers:
+            path.unlink(missing_ok=True)
 
     def make_dirs(self) -> None:
         for d in (self.shards_dir, self.ledger_dir, self.plan_dir, self.tmp_dir):

@@ -371,11 +371,14 @@ def _upload(staging: Path, fs: Any, remote: str) -> int:
     """The staged dataset to ``remote``, stats.json last. Spark names its part files anew
     on every run, so remote candidates/ parts this build did not write are removed first
     (else a rerun after an interrupted upload doubles the candidates); Hadoop's .crc side
-    files and the run lock stay local."""
+    files, the run lock and a killed write's temp files stay local."""
     files = sorted(
         p
         for p in staging.rglob("*")
-        if p.is_file() and p.name != "stats.json" and p.suffix != ".crc" and p.name != ".lock"
+        if p.is_file()
+        and p.name not in ("stats.json", ".lock")
+        and p.suffix != ".crc"
+        and not (p.name.startswith(".") and p.suffix == ".tmp")  # a killed write's
     )
     names = {p.relative_to(staging).as_posix() for p in files}
     fs.invalidate_cache(remote)  # listings cached by this process may predate a rerun's

@@ -44,7 +44,7 @@ def download_on_spark(
     the_plan = plan(input_path, root, config)
     import shutil
 
-    shutil.rmtree(layout.tmp_dir, ignore_errors=True)  # what a killed run left half-written
+    layout.remove_leftovers()  # what a killed run left half-written
     pending = [s for s in range(the_plan.n_shards) if not layout.is_committed(s)]
     before = merge_stats(layout, the_plan.n_shards)
     start = time.perf_counter()
