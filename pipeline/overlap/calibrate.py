@@ -130,18 +130,21 @@ def calibrate(
     rows = np.array(sorted(rng.sample(list(candidates), m)), dtype=np.int64)
     plants, rows = plant_copies(eval_set, rows, detector, rng, spec or TransformSpec())
     n = len(codes)
-    if detector.kind == "binary":
-        pos = 1.0 - np.unpackbits(codes[rows] ^ plants, axis=1).sum(axis=1) / detector.dim
-        positive = pos.astype(np.float32)
-    else:
-        positive = np.einsum("ij,ij->i", codes[rows], plants).astype(np.float32)
-    # Distractors: every decodable eval item and every copy; each query drops itself and
-    # its own copy, so its top 3 always hold its best distractor.
+    positive = pair_scores(codes[rows], plants, detector)
+    # Distractors: every decodable eval item and every copy; each query drops itself, its
+    # own copy and in-set items identical to it.
     base_rows = np.concatenate([candidates, n + np.arange(len(rows))])
     base = np.concatenate([codes[candidates], plants])
-    scores, pos_idx = knn(base, codes[rows], 3, detector.kind, detector.dim)
+    # Top 8: room for the query itself, its copy and a few identical in-set twins.
+    scores, pos_idx = knn(base, codes[rows], 8, detector.kind, detector.dim)
     refs = np.where(pos_idx >= 0, base_rows[np.maximum(pos_idx, 0)], -1)
     own = (refs == rows[:, None]) | (refs == (n + np.arange(len(rows)))[:, None]) | (refs < 0)
+    # An eval item whose code is the query's own (the set holds the same image twice), or
+    # that item's planted copy, is the same image, not a detector error: counted as false
+    # matches, a few such twins kept every threshold from the target and switched
+    # detection off.
+    source = np.where(refs >= n, rows[np.clip(refs - n, 0, len(rows) - 1)], np.maximum(refs, 0))
+    own |= (codes[source] == codes[rows][:, None, :]).all(axis=2) & (refs >= 0)
     masked = np.where(own, -np.inf, scores)
     best = masked.argmax(axis=1)
     negative = masked[np.arange(len(rows)), best].astype(np.float32)
@@ -163,4 +166,143 @@ def calibrate(
         curve_tp=tp,
         curve_fp=fp,
         distractors=len(base) - 2,
+    )
+
+
+def pair_scores(a: np.ndarray, b: np.ndarray, detector: Detector) -> np.ndarray:
+    """The similarity of each code in ``a`` to the code in the same row of ``b``."""
+    if detector.kind == "binary":
+        bits = np.unpackbits(a ^ b, axis=1).sum(axis=1) if len(a) else np.zeros(0)
+        return (1.0 - bits / detector.dim).astype(np.float32)
+    return np.einsum("ij,ij->i", a, b).astype(np.float32)
+
+
+# ---- the false-match rate at the training set's size: mirrored decoys -------------------
+#
+# Planted copies give the recall; the eval set's own items give false matches, but among
+# ~2n distractors only, while the search takes each item's best score over all N training
+# images: once N >> n, unrelated images pass a threshold set among 2n. Decoys measure
+# that at N exactly. A decoy is the mirror image of an eval item, searched over the whole
+# training set with the eval items: it has the item's content, layout and statistics, but
+# no copy in the training set (the CLIP detector's training transformations, and a
+# perceptual hash, do not include mirroring), so its best score is a sample of an
+# unrelated item's best score over N training images. A decoy whose detector score to its
+# own source is at the threshold or above (a mirror-symmetric image) is dropped: it would
+# find its source's copies. Mirrored copies of an eval item in the training set do count
+# as decoy matches: conservative. As in target-decoy estimation (proteomics, Elias &
+# Gygi 2007): among the eval items at or above a threshold t, about n/D x (decoys >= t)
+# are false; the threshold is raised to the lowest t whose estimated precision reaches
+# the target.
+
+
+@dataclass(frozen=True)
+class Decoys:
+    codes: np.ndarray  # (D, width): the mirror images' codes
+    sources: np.ndarray  # (D,) the eval row each mirrors
+    symmetric: int  # sampled items dropped: their mirror image scores >= floor to them
+
+
+def make_decoys(
+    eval_set: EvalSet,
+    codes: np.ndarray,
+    valid: np.ndarray,
+    detector: Detector,
+    count: int,
+    seed: int,
+    floor: float,
+) -> Decoys:
+    """Mirror images of up to ``count`` decodable items of ``eval_set`` (a seeded sample),
+    without those whose mirror image scores ``floor`` or more to the item itself."""
+    import io
+
+    from PIL import ImageOps
+
+    candidates = np.flatnonzero(valid)
+    rng = random.Random(f"{seed}:{eval_set.name}:decoys")
+    m = min(count, len(candidates))
+    rows = np.array(sorted(rng.sample(list(candidates), m)), dtype=np.int64)
+    encoded = []
+    for r in rows:
+        buf = io.BytesIO()
+        ImageOps.mirror(eval_set.images.image(int(r)).convert("RGB")).save(buf, "PNG")
+        encoded.append(buf.getvalue())
+    got = [
+        (r, c) for r, c in zip(rows, embed_many(detector, encoded), strict=True) if c is not None
+    ]
+    dtype = np.uint8 if detector.kind == "binary" else np.float32
+    width = detector.dim // 8 if detector.kind == "binary" else detector.dim
+    if not got:
+        return Decoys(np.zeros((0, width), dtype), np.zeros(0, np.int64), 0)
+    src = np.array([r for r, _ in got], dtype=np.int64)
+    mirrored = np.stack([c for _, c in got]).astype(dtype)
+    keep = pair_scores(codes[src], mirrored, detector) < floor
+    return Decoys(mirrored[keep], src[keep], int((~keep).sum()))
+
+
+@dataclass(frozen=True)
+class ScaleCheck:
+    """The threshold checked against decoys searched over the whole training set."""
+
+    base: float  # the threshold before (calibrated on planted copies, or given)
+    threshold: float  # the threshold after: base, or raised to reach the target
+    target: float
+    items: int  # decodable eval items searched
+    decoys: int  # decoys searched
+    symmetric: int  # decoys dropped as mirror-symmetric
+    decoy_hits: int  # decoys whose best training score is >= threshold
+    eval_hits: int  # eval items whose best training score is >= threshold
+    base_decoy_hits: int  # the same two at the base threshold
+    base_eval_hits: int
+    raised: bool
+
+    @property
+    def expected_false(self) -> float | None:
+        """Eval items at or above the threshold expected to be unrelated matches."""
+        return self.decoy_hits * self.items / self.decoys if self.decoys else None
+
+    @property
+    def precision(self) -> float | None:
+        """Estimated precision at the threshold (None: no decoys, or nothing called)."""
+        false = self.expected_false
+        if false is None or not self.eval_hits:
+            return None
+        return max(0.0, 1.0 - false / self.eval_hits)
+
+
+def threshold_at_scale(
+    base: float, decoy_top: np.ndarray, eval_top: np.ndarray, target: float, symmetric: int = 0
+) -> ScaleCheck:
+    """The lowest threshold >= ``base`` at which the eval items' best scores (``eval_top``)
+    reach ``target`` precision, false matches estimated from the decoys' (``decoy_top``)."""
+    decoy = np.sort(np.asarray(decoy_top, np.float32)[np.isfinite(decoy_top)])
+    items = np.sort(np.asarray(eval_top, np.float32)[np.isfinite(eval_top)])
+    n, d = len(items), len(decoy)
+
+    def hits(sorted_scores: np.ndarray, t: np.ndarray | float) -> np.ndarray:
+        return len(sorted_scores) - np.searchsorted(sorted_scores, t, side="left")
+
+    base32 = np.float32(base)
+    chosen = base32
+    if d and n:
+        above = np.concatenate([items, np.nextafter(decoy, np.float32(np.inf)), [base32]])
+        cands = np.unique(above[above >= base32])
+        e, f = hits(items, cands), hits(decoy, cands) * n / d
+        ok = (e == 0) | (f <= (1.0 - target) * e + 1e-9)
+        chosen = (
+            cands[int(np.flatnonzero(ok)[0])]
+            if ok.any()
+            else np.nextafter(items.max(), np.float32(np.inf))
+        )
+    return ScaleCheck(
+        base=float(base32),
+        threshold=float(chosen),
+        target=target,
+        decoys=d,
+        symmetric=symmetric,
+        decoy_hits=int(hits(decoy, chosen)),
+        eval_hits=int(hits(items, chosen)),
+        base_decoy_hits=int(hits(decoy, base32)),
+        base_eval_hits=int(hits(items, base32)),
+        raised=bool(chosen > base32),
+        items=n,
     )

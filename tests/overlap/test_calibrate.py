@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.overlap.calibrate import CalibrationError, calibrate, choose_threshold, pr_curve
+from pipeline.overlap.calibrate import (
+    CalibrationError,
+    calibrate,
+    choose_threshold,
+    make_decoys,
+    pair_scores,
+    pr_curve,
+    threshold_at_scale,
+)
 from pipeline.overlap.detectors import PHashDetector
 from pipeline.overlap.evalsets import EvalSpec, load_eval_set
 from pipeline.overlap.run import embed_eval_set
@@ -87,3 +95,62 @@ def test_too_few_items_to_calibrate(tmp_path: Path) -> None:
     codes, valid = embed_eval_set(s, det)
     with pytest.raises(CalibrationError, match=r"too few to calibrate.*--threshold"):
         calibrate(s, codes, valid, det, 0.99, 10, 0)
+
+
+def test_identical_items_in_the_eval_set_do_not_switch_detection_off(tmp_path: Path) -> None:
+    # A set holding a few images twice (ImageNet val and CIFAR-100 test do): the twin is the
+    # same image, not a detector error. Counted as false matches they kept precision from
+    # the target at every threshold, and nothing at all could be called overlap.
+    write_imagefolder(tmp_path / "set", ["a", "b"], per_class=20)
+    for i in range(3):  # 3 of 40 items (7.5%) have a byte-identical twin in the other class
+        src = tmp_path / "set" / "a" / f"{i:03d}.png"
+        (tmp_path / "set" / "b" / f"twin{i}.png").write_bytes(src.read_bytes())
+    s = load_eval_set(EvalSpec("set", "imagefolder", tmp_path / "set"))
+    det = PHashDetector(("phash", "dhash"), 8)
+    codes, valid = embed_eval_set(s, det)
+    cal = calibrate(s, codes, valid, det, target=0.99, items=43, seed=0)
+    assert cal.reached and cal.threshold <= 1.0 and cal.recall > 0.5
+    assert (cal.negative < 1.0).all()  # no twin is anybody's best distractor
+
+
+def test_decoys_raise_the_threshold_to_the_target_at_the_training_sets_size() -> None:
+    # 100 eval items, 5 of them real copies (score 0.95); unrelated items reach 0.6-0.7 over
+    # a big training set, as their mirrored decoys do. A base threshold of 0.55 (set among
+    # the eval set's own ~2n distractors) calls all 100 overlap.
+    rng = np.random.default_rng(0)
+    eval_top = np.concatenate([rng.uniform(0.6, 0.7, 95), np.full(5, 0.95)]).astype(np.float32)
+    decoy_top = rng.uniform(0.6, 0.72, 100).astype(np.float32)
+    check = threshold_at_scale(0.55, decoy_top, eval_top, target=0.99)
+    assert check.base_eval_hits == 100 and check.base_decoy_hits == 100
+    assert check.raised and decoy_top.max() < check.threshold <= 0.95
+    assert (check.eval_hits, check.decoy_hits, check.precision) == (5, 0, 1.0)
+    # A base already above every decoy stays; without decoys nothing is estimated.
+    kept = threshold_at_scale(0.9, decoy_top, eval_top, target=0.99)
+    assert not kept.raised and kept.threshold == np.float32(0.9) and kept.precision == 1.0
+    none = threshold_at_scale(0.55, np.zeros(0, np.float32), eval_top, target=0.99)
+    assert none.threshold == np.float32(0.55) and none.precision is None
+    # The estimate: 1 decoy of 10 over t stands for n/D = 10 false items among those over t.
+    mixed = threshold_at_scale(
+        0.5, np.array([0.8] + [0.1] * 9, np.float32), np.full(100, 0.9, np.float32), 0.85
+    )
+    assert not mixed.raised and mixed.expected_false == 10 and mixed.precision == 0.9
+    strict = threshold_at_scale(
+        0.5, np.array([0.8] + [0.1] * 9, np.float32), np.full(100, 0.9, np.float32), 0.95
+    )
+    assert strict.raised and 0.8 < strict.threshold <= 0.9 and strict.precision == 1.0
+
+
+def test_decoys_are_mirror_images_without_the_symmetric_ones(tmp_path: Path) -> None:
+    write_imagefolder(tmp_path / "set", ["a"], per_class=12)
+    symmetric = Image.new("RGB", (64, 48), (200, 30, 30))  # the same mirrored
+    symmetric.save(tmp_path / "set" / "a" / "zz_flat.png")
+    s = load_eval_set(EvalSpec("set", "imagefolder", tmp_path / "set"))
+    det = PHashDetector(("phash", "dhash"), 8)
+    codes, valid = embed_eval_set(s, det)
+    decoys = make_decoys(s, codes, valid, det, count=100, seed=0, floor=0.9)
+    assert decoys.symmetric == 1 and len(decoys.codes) == 12
+    assert s.ids.index("a/zz_flat.png") not in decoys.sources.tolist()
+    # A decoy is far from its source (mirroring is no copy to the detector).
+    assert (pair_scores(codes[decoys.sources], decoys.codes, det) < 0.9).all()
+    again = make_decoys(s, codes, valid, det, count=5, seed=0, floor=0.9)
+    assert np.array_equal(again.sources, make_decoys(s, codes, valid, det, 5, 0, 0.9).sources)
