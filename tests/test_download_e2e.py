@@ -409,3 +409,50 @@ def test_a_plan_from_before_a_new_image_setting_still_matches(web, tmp_path: Pat
     assert summary.stats["rows_this_run"] == 0
     with pytest.raises(InputError, match="image changed"):
         run_download(str(pairs), out, _config(extract_exif=True), show_progress=False)
+
+
+def test_hostile_answers_are_ledger_rows_and_the_shard_commits(tmp_path: Path) -> None:
+    # A Content-Length of "²", a redirect to "http://[bad", X-Robots-Tag: none, and a host
+    # whose robots.txt answers 503: each one row with its status, in one committed shard.
+    from tests.fetch.rawweb import serve
+    from tests.images.test_process import encode, noise
+
+    png = encode(noise(40, 30), "PNG")
+    routes = {
+        "/robots.txt": lambda h: h.answer(404, []),
+        "/ok.png": lambda h: h.answer(200, [("Content-Type", "image/png")], png),
+        "/sup.png": lambda h: h.answer(200, [("Content-Length", b"\xb2")], png),
+        "/ipv6": lambda h: h.answer(302, [("Location", "http://[bad/x.png")]),
+        "/none.png": lambda h: h.answer(200, [("X-Robots-Tag", "none")], png),
+        "/a%20b.png": lambda h: h.answer(302, [("Location", "/ok.png")]),  # sent encoded
+    }
+    down = {"/robots.txt": lambda h: h.answer(503, []), "/ok.png": routes["/ok.png"]}
+    with serve(routes) as web, serve(down) as unreachable:
+        rows = [
+            {"url": web.origin + p, "caption": f"row {i}"}
+            for i, p in enumerate(["/ok.png", "/sup.png", "/ipv6", "/none.png", "/a b.png"])
+        ]
+        rows.append({"url": unreachable.origin + "/ok.png", "caption": "robots down"})
+        pairs = tmp_path / "pairs.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), pairs)
+        summary = run_download(
+            str(pairs), tmp_path / "out", _config(respect_robots=True), show_progress=False
+        )
+    assert summary.ok
+    ledger = sorted(ledger_rows(tmp_path / "out"), key=lambda r: r["row_index"])
+    assert [r["status"] for r in ledger] == [
+        "success",
+        "connection_error",
+        "invalid_url",
+        "opt_out",
+        "success",
+        "opt_out",
+    ]
+    host = unreachable.origin.removeprefix("http://")
+    assert ledger[5]["error_message"].startswith(f"robots.txt of {host} unreachable (HTTP 503")
+    saved = json.loads(
+        next(
+            (tmp_path / "out" / "_robots").glob(f"*{unreachable.server_address[1]}.json")
+        ).read_text()
+    )
+    assert saved["unreachable"]  # kept minutes, not the 24 h of real rules

@@ -24,7 +24,9 @@ from pipeline.schema import Status
         ("//127.0.0.1/x.jpg", "scheme '(none)'"),
         ("http://", "no host"),
         ("http://127.0.0.1:99999/x", "malformed"),
-        ("http://127.0.0.1/a b.jpg", "whitespace"),
+        ("http://127.0.0.1/a\tb.jpg", "control characters"),
+        ("http://127.0.0.1/a\x00b.jpg", "control characters"),
+        ("http://exa mple.com/x.jpg", "host contains whitespace"),
         ("", "empty"),
         ("http://[::1/x", "malformed"),
     ],
@@ -41,6 +43,10 @@ def test_fetchable_url_parts() -> None:
     assert (t.scheme, t.host, t.port) == ("http", "127.0.0.1", 8080)
     assert t.path == "/a/b.jpg?x=1&y=%C3%A9"
     assert t.host_header == "127.0.0.1:8080"
+    # A literal space (or non-ASCII) in path or query is sent percent-encoded, as browsers
+    # and img2dataset send it.
+    spaced = parse_target("http://127.0.0.1/a b.jpg?q=x y ")
+    assert not isinstance(spaced, str) and spaced.path == "/a%20b.jpg?q=x%20y"
     idn = parse_target("https://bücher.example/x")
     assert not isinstance(idn, str) and idn.host == "xn--bcher-kva.example" and idn.port == 443
 
@@ -88,6 +94,9 @@ def test_retry_after_forms() -> None:
         ([("X-Robots-Tag", "otherbot: noai")], False),  # addressed to another crawler
         ([("X-Robots-Tag", "wit-builder: noai")], True),
         ([("X-Robots-Tag", "nofollow")], False),
+        ([("X-Robots-Tag", "none")], True),  # none = noindex, nofollow
+        ([("X-Robots-Tag", "wit-builder: none")], True),
+        ([("X-Robots-Tag", "otherbot: none")], False),
         ([("X-Robots-Tag", "unavailable_after: 25 Jun 2010 15:00:00 PST")], False),
         ([("Content-Type", "image/jpeg")], False),
     ],
