@@ -23,7 +23,13 @@ from pipeline.overlap.config import THRESHOLD_RANGE, OverlapConfig, add_overlap_
 from pipeline.overlap.detectors import DetectorError
 from pipeline.overlap.evalsets import REGISTRY, EvalSetError, parse_eval_spec
 from pipeline.overlap.predictions import PredictionsError
-from pipeline.overlap.run import OverlapJob, parse_named_paths, prepare, run_overlap
+from pipeline.overlap.run import (
+    NothingSearchedError,
+    OverlapJob,
+    parse_named_paths,
+    prepare,
+    run_overlap,
+)
 from pipeline.overlap.templates import TemplatesError
 from pipeline.overlap.zeroshot import ZeroShotError
 from pipeline.shards.reader import ShardReadError
@@ -71,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="[NAME:]FILE",
-        help="CSV or Parquet with columns id and prediction (class index or name); NAME:FILE "
-        "per eval set, plain FILE when there is one eval set; repeatable",
+        help="CSV or Parquet with columns id and prediction (class index or name; empty or "
+        "null: no answer, counted wrong); NAME:FILE per eval set, plain FILE when there is one "
+        "eval set; repeatable",
     )
     p.add_argument(
         "--checkpoint",
@@ -177,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         CalibrationError,
         ZeroShotError,
         TemplatesError,
+        NothingSearchedError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -191,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{name}: {r['n_overlap']:,} of {r['n_all']:,} items overlap ({r['overlap_pct']:.2f}%){acc}"
         )
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"report: {report.out / 'report.md'}")
     return 0
 

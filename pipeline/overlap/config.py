@@ -132,7 +132,7 @@ HELP: dict[str, str] = {
     "[0, 1] for phash, [-1, 1] (a cosine) for an embedding detector",
     "top_k": "nearest training images kept per eval item (default: 5)",
     "max_matches": "training images above the threshold kept per eval item for "
-    "decontaminate.parquet (default: 100)",
+    "decontaminate.parquet; items with more are counted and warned about (default: 100)",
     "calibration_items": "eval items given a planted transformed copy per eval set (default: 1000)",
     "seed": "seed of the calibration sample and its transformations (default: 0)",
     "confidence": "level of the two-sided Clopper-Pearson interval on Overlap accuracy "

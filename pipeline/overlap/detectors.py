@@ -104,7 +104,33 @@ class PHashDetector:
         return None if img is None else self.embed_image(img)
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grey (I;16*, I) and float (F) images as 8-bit L; others unchanged.
+
+    Pillow's own conversion clips such values at 255, which turns nearly every 16-bit image
+    white. As ``pipeline.images.process`` does, 16-bit values keep their top 8 bits (an
+    ``I`` image holding 8-bit values is kept as is); float values are taken as 0-1 when
+    none exceeds 1, else as 0-255, else as 16-bit."""
+    mode = img.mode
+    if not (mode.startswith("I;16") or mode in ("I", "F")):
+        return img
+    a = np.asarray(img)
+    if mode == "F":
+        a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=65535.0, neginf=0.0)
+        top = a.max(initial=0.0)
+        if top <= 1.0:
+            a = a * 255.0
+        elif top > 255.0:
+            a = a / 256.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+    wide = np.clip(a.astype(np.int64), 0, 65535)
+    if mode.startswith("I;16") or wide.max(initial=0) > 255:
+        wide >>= 8
+    return Image.fromarray(wide.astype(np.uint8))
+
+
 def _grey(img: Image.Image) -> Image.Image:
+    img = to_8bit(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Transparent pixels hold arbitrary colours: flatten on white, as a browser shows them.
         rgba = img.convert("RGBA")
@@ -285,6 +311,7 @@ class EmbeddingDetector:
 
 
 def _rgb(img: Image.Image) -> Image.Image:
+    img = to_8bit(img)
     if img.mode == "RGB":
         return img
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

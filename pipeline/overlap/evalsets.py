@@ -27,6 +27,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from pipeline.overlap.detectors import to_8bit
 from pipeline.overlap.imagenet_classes import imagenet_classes
 from pipeline.shards.reader import split_member_name
 
@@ -104,7 +105,7 @@ class TarImages:
 def _decode(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.load()
-    return img
+    return to_8bit(img)  # 16-bit and float images: Pillow's convert() would clip them white
 
 
 @dataclass(frozen=True)

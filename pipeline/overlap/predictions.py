@@ -5,6 +5,13 @@ CSV or Parquet with columns ``id`` (the eval item id, see ``evalsets``) and
 full WordNet words). Every item of the set needs exactly one prediction; anything else is
 an error that names the offending ids, because a silently partial accuracy is worse than
 none.
+
+An empty (CSV) or null (Parquet) prediction is "no answer", as ``training.run --zeroshot``
+and ``--checkpoint`` write for an eval image they could not decode: the item counts as
+wrong (``NO_ANSWER``). An integer column holds class indices. In a text column (every CSV
+column), a value that is both a class index and the name of another class (an imagefolder
+with classes named 0, 1, ..., 10, 11 sorts "10" before "2") is refused as ambiguous: read
+either way it could mis-score silently.
 """
 
 from __future__ import annotations
@@ -63,9 +70,18 @@ def class_lookup(eval_set: EvalSet) -> tuple[dict[str, int], set[str]]:
     return lookup, ambiguous
 
 
+NO_ANSWER = -1  # an item without a prediction (empty or null): never equals a label
+
+
+class _Ambiguous(ValueError):
+    """Text that is one class's index and another class's name: (index, named index)."""
+
+
 def _as_index(value: object, lookup: dict[str, int], n_classes: int) -> int | None:
+    """The class index ``value`` names, ``NO_ANSWER`` for an empty one, None when it names
+    none; raises ``_Ambiguous`` for text that is one class's index and another's name."""
     if value is None:
-        return None
+        return NO_ANSWER
     if isinstance(value, bool):
         return None
     if isinstance(value, int | np.integer):
@@ -73,15 +89,18 @@ def _as_index(value: object, lookup: dict[str, int], n_classes: int) -> int | No
     if isinstance(value, float):
         return int(value) if value.is_integer() and 0 <= value < n_classes else None
     text = str(value).strip()
-    if text.isdigit() and int(text) < n_classes:
-        return int(text)
-    if text in lookup:
-        return lookup[text]
-    return None
+    if not text:
+        return NO_ANSWER
+    as_index = int(text) if text.isdigit() and int(text) < n_classes else None
+    as_name = lookup.get(text)
+    if as_index is not None and as_name is not None and as_index != as_name:
+        raise _Ambiguous(as_index, as_name)
+    return as_index if as_index is not None else as_name
 
 
 def read_predictions(path: str | Path, eval_set: EvalSet) -> np.ndarray:
-    """Predicted class index per eval item, aligned with ``eval_set.ids``."""
+    """Predicted class index per eval item, aligned with ``eval_set.ids``; ``NO_ANSWER``
+    (-1) where the file gives none."""
     p = Path(path)
     table = _read_table(p)
     if not eval_set.has_labels:
@@ -113,7 +132,17 @@ def read_predictions(path: str | Path, eval_set: EvalSet) -> np.ndarray:
     lookup, ambiguous = class_lookup(eval_set)
     out = np.empty(len(eval_set), dtype=np.int64)
     for item, value in zip(ids, values, strict=True):
-        idx = _as_index(value, lookup, len(eval_set.classes))
+        try:
+            idx = _as_index(value, lookup, len(eval_set.classes))
+        except _Ambiguous as e:
+            index, named = e.args
+            classes = eval_set.classes
+            raise PredictionsError(
+                f"predictions file {p}: item {item!r}: {value!r} is ambiguous: class index "
+                f"{index} ({classes[index]!r}) or the name of class {named} "
+                f"({classes[named]!r}); give class indices as integers (a Parquet file with "
+                "an integer prediction column, as --checkpoint's predictions.parquet)"
+            ) from None
         if idx is None:
             why = (
                 f"{value!r} names several classes: use the class index"

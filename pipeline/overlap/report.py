@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from pipeline.overlap.calibrate import Calibration
+from pipeline.overlap.detectors import to_8bit
 from pipeline.shards.atomic import write_text_atomic
 
 
@@ -97,7 +98,8 @@ def report_markdown(
         "",
         "Files: `report.json` (these numbers; accuracies as fractions), `<eval>/splits.parquet` "
         "(per item: split, nearest training key, score), `<eval>/neighbours.parquet` (top k), "
-        "`decontaminate.parquet` (training images matching any eval item), `overlap.png`.",
+        "`decontaminate.parquet` (training images matching any eval item, at most "
+        "--max-matches per item), `overlap.png`.",
         "",
     ]
     return "\n".join(lines)
@@ -190,7 +192,7 @@ class Pair:
 def _thumb(img: Image.Image | None, side: int) -> Image.Image:
     canvas = Image.new("RGB", (side, side), (235, 235, 235))
     if img is not None:
-        t = ImageOps.contain(img.convert("RGB"), (side, side))
+        t = ImageOps.contain(to_8bit(img).convert("RGB"), (side, side))
         canvas.paste(t, ((side - t.width) // 2, (side - t.height) // 2))
     return canvas
 

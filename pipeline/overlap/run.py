@@ -1,9 +1,11 @@
 """One overlap run: eval sets and training shards in, REPORT_DIR out.
 
-Order: everything that can be wrong is checked first (eval layouts, predictions files,
-training shards, detector), before any image is embedded. Then eval items are embedded,
-each eval set gets its threshold (calibrated or given), the training shards are searched
-once for all eval sets together (locally or on Spark), and the outputs are written.
+Order: everything that can be wrong is checked first (--out, eval layouts, predictions
+files, training shards, detector), before any image is embedded. Then eval items are
+embedded, each eval set gets its threshold (calibrated or given), the training shards are
+searched once for all eval sets together (locally or on Spark), and the outputs are
+written. Each eval set's folder is written whole under a temporary name and then swapped
+in, so a rerun into the same --out leaves nothing of an older run's set folders.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,12 +29,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.config import ConfigError
 from pipeline.overlap import report as rep
 from pipeline.overlap.calibrate import Calibration, CalibrationError, calibrate
 from pipeline.overlap.config import OverlapConfig
 from pipeline.overlap.detectors import Detector, embed_many, make_detector
 from pipeline.overlap.evalsets import EvalSet, EvalSetError, EvalSpec, load_eval_set
-from pipeline.overlap.predictions import PredictionsError, read_predictions
+from pipeline.overlap.predictions import NO_ANSWER, PredictionsError, read_predictions
 from pipeline.overlap.search import (
     EMPTY_REF,
     EvalIndex,
@@ -45,6 +49,7 @@ from pipeline.overlap.templates import read_templates
 from pipeline.overlap.zeroshot import (
     CheckpointModel,
     EvalSetPredictions,
+    check_zeroshot_setup,
     load_checkpoint_model,
     predict_eval_set,
     write_predictions,
@@ -88,6 +93,10 @@ class TrainShards:
         return tuple(str(p.resolve()) for p in self.paths)
 
 
+class NothingSearchedError(ValueError):
+    """A run that could not search anything: no training image could be read."""
+
+
 @dataclass
 class OverlapReport:
     out: Path
@@ -96,6 +105,9 @@ class OverlapReport:
     calibrations: dict[str, Calibration | None]
     read_counts: dict[str, int]
     seconds: dict[str, float]
+    # What the numbers do not show on their own (also in report.md's notes): an eval set
+    # none of whose images could be decoded, matches beyond --max-matches.
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -121,6 +133,7 @@ def prepare(job: OverlapJob, check_only: bool = False) -> Prepared:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise EvalSetError(f"eval set {dup[0]} given twice; name one of them ALIAS={dup[0]}:PATH")
+    _check_out(job.out, names)
     eval_sets = [load_eval_set(s, job.eval_roots, job.eval_root) for s in job.evals]
     if job.config.calibrate:
         for s in eval_sets:
@@ -163,6 +176,8 @@ def prepare(job: OverlapJob, check_only: bool = False) -> Prepared:
         zeroshot = load_checkpoint_model(
             job.checkpoint, job.model_config, job.config.zeroshot_device
         )
+    elif job.checkpoint is not None:  # all but the checkpoint, which may not exist yet
+        check_zeroshot_setup(job.model_config, job.config.zeroshot_device)
     return Prepared(
         eval_sets,
         predictions,
@@ -171,6 +186,22 @@ def prepare(job: OverlapJob, check_only: bool = False) -> Prepared:
         zeroshot,
         templates,
     )
+
+
+def _check_out(out: Path, names: Sequence[str]) -> None:
+    """--out must be a folder, or a path where one can be made; an eval set's folder in it
+    must not be a file."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "exists" if path == out else f"is inside {path}, which exists"
+                raise ConfigError(f"--out {out}: {where} and is not a folder")
+            break
+    for name in names:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise ConfigError(
+                f"--out {out}: {out / name}, eval set {name}'s folder, exists and is not a folder"
+            )
 
 
 def zeroshot_predictions(
@@ -286,6 +317,13 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
         f"{len(prep.eval_sets)} eval set(s), {sum(map(len, prep.eval_sets)):,} items; "
         f"{len(prep.shards.paths)} training shard(s); detector {detector.describe()}"
     )
+    for name, pred in prep.predictions.items():
+        missing = int((pred == NO_ANSWER).sum())
+        if missing:
+            log(
+                f"{name}: {missing:,} item(s) have no prediction in {job.predictions[name]} "
+                "(empty or null): they count as wrong"
+            )
     seconds["prepare"] = time.perf_counter() - t
 
     if prep.zeroshot is not None:
@@ -337,38 +375,53 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
     result = _search(job, prep, index, log)
     seconds["search"] = time.perf_counter() - t
 
+    if result.counters["embedded"] == 0:
+        raise NothingSearchedError(_nothing_searched(job, prep, result))
+    warnings = _warnings(prep, result, offsets, codes, cfg.max_matches)
+
     t = time.perf_counter()
     out = job.out
     out.mkdir(parents=True, exist_ok=True)
+    # Each set's folder is written whole under a temporary name, then swapped in.
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staged = {s.name: out / f".{s.name}.new-{token}" for s in prep.eval_sets}
     per_set: dict[str, dict[str, Any]] = {}
-    for i, s in enumerate(prep.eval_sets):
-        rows = slice(int(offsets[i]), int(offsets[i + 1]))
-        per_set[s.name] = _write_eval_set(
-            s,
-            rows,
-            result,
-            prep,
-            thresholds[s.name],
-            calibrations[s.name],
-            codes[s.name][1],
-            cfg,
-            out / s.name,
-        )
+    try:
+        for i, s in enumerate(prep.eval_sets):
+            rows = slice(int(offsets[i]), int(offsets[i + 1]))
+            per_set[s.name] = _write_eval_set(
+                s,
+                rows,
+                result,
+                prep,
+                thresholds[s.name],
+                calibrations[s.name],
+                codes[s.name][1],
+                cfg,
+                staged[s.name],
+            )
+        seconds["write"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        if cfg.contact_pairs:
+            _contact_sheets(prep, result, offsets, thresholds, cfg.contact_pairs, staged)
+        seconds["contact_sheets"] = time.perf_counter() - t
+        t = time.perf_counter()
+        _swap_in(staged, out)
+    finally:
+        for folder in staged.values():  # left only when something failed
+            shutil.rmtree(folder, ignore_errors=True)
     _write_decontaminate(prep, result, offsets, out / "decontaminate.parquet")
     _remove_stale_sets(out, {s.name for s in prep.eval_sets}, log)
     bonf = bonferroni({n: r["p_value"] for n, r in per_set.items()}, cfg.alpha)
     rep.write_json(out / "report.json", per_set)
-    notes = _notes(prep, result, codes)
+    notes = _notes(prep, result, codes, job) + [f"Warning: {w}" for w in warnings]
     (out / "report.md").write_text(
         rep.report_markdown(per_set, bonf, calibrations, cfg.confidence, notes), encoding="utf-8"
     )
     rep.plot_overlap(per_set, bonf["significant"], out / "overlap.png")
-    seconds["write"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    if cfg.contact_pairs:
-        _contact_sheets(prep, result, offsets, thresholds, cfg.contact_pairs, out)
-    seconds["contact_sheets"] = time.perf_counter() - t
+    seconds["write"] += time.perf_counter() - t
+    capped = result.capped
     rep.write_json(
         out / "run.json",
         {
@@ -383,8 +436,16 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
                         if s.name in prep.zeroshot_results
                         else str(job.predictions.get(s.name, "")) or None
                     ),
+                    # Items the predictions leave without an answer (counted wrong).
+                    "no_prediction": (
+                        int((prep.predictions[s.name] == NO_ANSWER).sum())
+                        if s.name in prep.predictions
+                        else None
+                    ),
+                    # Items with more training matches than decontaminate.parquet lists.
+                    "capped_matches": int(capped[offsets[i] : offsets[i + 1]].sum()),
                 }
-                for s in prep.eval_sets
+                for i, s in enumerate(prep.eval_sets)
             },
             "train": [str(t) for t in job.train],
             "shards": len(prep.shards.paths),
@@ -393,6 +454,11 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
             "zeroshot": _zeroshot_run_info(job, prep),
             "config": _jsonable(asdict(cfg)),
             "bonferroni": bonf,
+            "decontaminate": {
+                "rows": len(result.match_rows),
+                "max_matches": cfg.max_matches,
+                "capped_items": int(capped.sum()),
+            },
             "calibration": {
                 n: None
                 if c is None
@@ -407,10 +473,68 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
                 }
                 for n, c in calibrations.items()
             },
+            "warnings": warnings,
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
         },
     )
-    return OverlapReport(out, per_set, bonf, calibrations, result.counters.to_dict(), seconds)
+    return OverlapReport(
+        out, per_set, bonf, calibrations, result.counters.to_dict(), seconds, warnings
+    )
+
+
+def _nothing_searched(job: OverlapJob, prep: Prepared, result: SearchResult) -> str:
+    c = result.counters
+    return (
+        f"no training image could be read from the {len(prep.shards.paths):,} shard(s) of "
+        f"--train {', '.join(str(t) for t in job.train)} (damaged tars {c['corrupt_tar']:,}, "
+        f"skipped damaged members {c['corrupt_member']:,}, undecodable images "
+        f"{c['undecodable']:,}, samples without an image {c['no_image']:,}): nothing was "
+        "searched, no report written"
+    )
+
+
+def _warnings(
+    prep: Prepared,
+    result: SearchResult,
+    offsets: np.ndarray,
+    codes: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    max_matches: int,
+) -> list[str]:
+    """What a reader of the overlap numbers must know: they do not say it themselves."""
+    warnings = []
+    for s in prep.eval_sets:
+        if len(s) and not codes[s.name][1].any():
+            warnings.append(
+                f"{s.name}: none of its {len(s):,} eval images could be decoded, so none was "
+                "searched: its 0 overlap means nothing"
+            )
+    capped = result.capped
+    if capped.any():
+        per_set = ", ".join(
+            f"{s.name} {int(capped[offsets[i] : offsets[i + 1]].sum()):,}"
+            for i, s in enumerate(prep.eval_sets)
+            if capped[offsets[i] : offsets[i + 1]].any()
+        )
+        warnings.append(
+            f"{int(capped.sum()):,} eval item(s) ({per_set}) match more than --max-matches "
+            f"{max_matches} training images; decontaminate.parquet lists only the best "
+            f"{max_matches} of each: rerun with a larger --max-matches to list them all"
+        )
+    return warnings
+
+
+def _swap_in(staged: Mapping[str, Path], out: Path) -> None:
+    """Each staged folder replaces its set's folder whole: no file of an older run (a
+    calibration curve, a contact sheet, predictions) is left next to the new ones."""
+    for name, new in staged.items():
+        final = out / name
+        old = new.with_name(new.name.replace(".new-", ".old-", 1))
+        if final.is_symlink():
+            final.unlink()
+        elif final.exists():
+            final.rename(old)
+        new.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _zeroshot_run_info(job: OverlapJob, prep: Prepared) -> dict[str, Any] | None:
@@ -457,7 +581,10 @@ def _jsonable(d: Mapping[str, object]) -> dict[str, object]:
 
 
 def _notes(
-    prep: Prepared, result: SearchResult, codes: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    prep: Prepared,
+    result: SearchResult,
+    codes: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    job: OverlapJob,
 ) -> list[str]:
     c = result.counters
     notes = [
@@ -467,7 +594,7 @@ def _notes(
     ]
     for s in prep.eval_sets:
         bad = int((~codes[s.name][1]).sum())
-        if bad:
+        if bad and bad < len(s):  # none decodable: a warning says more
             notes.append(
                 f"{s.name}: {bad:,} eval image(s) could not be decoded; they count as Clean."
             )
@@ -490,6 +617,18 @@ def _notes(
                     f"{s.name}: {bad:,} eval image(s) could not be decoded for zero-shot "
                     "classification; they count as wrong."
                 )
+    for s in prep.eval_sets:
+        missing = (
+            int((prep.predictions[s.name] == NO_ANSWER).sum())
+            if s.name in prep.predictions and s.name not in prep.zeroshot_results
+            else 0
+        )
+        if missing:
+            notes.append(
+                f"{s.name}: {missing:,} of {len(s):,} item(s) have no prediction (empty or null "
+                f"in {job.predictions[s.name]}, as for images the model could not decode); "
+                "they count as wrong."
+            )
     if any(s.name not in prep.predictions for s in prep.eval_sets):
         notes.append(
             "Accuracies need --predictions NAME:FILE or --checkpoint FILE; sets without "
@@ -565,7 +704,7 @@ def _write_eval_set(
     if s.name in prep.predictions:
         pred = prep.predictions[s.name]
         correct = pred == s.labels
-        columns["prediction"] = pred.tolist()
+        columns["prediction"] = [None if v == NO_ANSWER else int(v) for v in pred]
         columns["correct"] = correct.tolist()
     pq.write_table(pa.table(columns), folder / "splits.parquet")
     # Every kept neighbour, rank 1 first, for inspection beyond the nearest one.
@@ -664,7 +803,7 @@ def _contact_sheets(
     offsets: np.ndarray,
     thresholds: Mapping[str, float],
     n_pairs: int,
-    out: Path,
+    folders: Mapping[str, Path],
 ) -> None:
     chosen: dict[str, np.ndarray] = {}
     wanted: dict[int, set[int]] = {}
@@ -696,7 +835,7 @@ def _contact_sheets(
                     images.get((ref_shard(ref), ref_index(ref))),
                 )
             )
-        rep.contact_sheet(pairs, thresholds[s.name], s.name, out / s.name / "borderline.png")
+        rep.contact_sheet(pairs, thresholds[s.name], s.name, folders[s.name] / "borderline.png")
 
 
 def _fetch_training_images(

@@ -8,6 +8,10 @@ threshold, at most ``max_matches``). Answers merge with ``+``, keeping the best 
 (score descending, reference ascending): a total order, so any grouping and order of
 merges gives the same result, which is why local and Spark runs agree.
 
+Matches beyond ``max_matches`` are not kept, but they are counted: each shard reports per
+item how many matches it has, up to ``max_matches + 1``, and the counts add, so an item
+whose sum exceeds ``max_matches`` has more matches than were listed (``capped``).
+
 A training image's reference is ``shard_id << 32 | index in shard``, shard ids being
 positions in the run's shard list (--train folders in order, each one's shards sorted).
 """
@@ -107,6 +111,9 @@ class SearchResult:
     keys: dict[int, str] = field(default_factory=dict)  # ref -> training key, refs above only
     counters: Counters = field(default_factory=Counters)
     max_matches: int = 100
+    # (n,) int64: per eval row, the sum over shards of its matches in each shard, each
+    # counted up to max_matches + 1; above max_matches: more matches than were kept.
+    match_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @classmethod
     def empty(cls, n: int, k: int, max_matches: int) -> SearchResult:
@@ -117,7 +124,13 @@ class SearchResult:
             np.zeros(0, np.int64),
             np.zeros(0, np.float32),
             max_matches=max_matches,
+            match_counts=np.zeros(n, np.int64),
         )
+
+    @property
+    def capped(self) -> np.ndarray:
+        """(n,) bool: eval rows with more matches than the ``max_matches`` kept."""
+        return self.match_counts > self.max_matches
 
     def __add__(self, other: SearchResult) -> SearchResult:
         k = self.top_scores.shape[1]
@@ -136,6 +149,7 @@ class SearchResult:
             mscores[keep],
             counters=self.counters + other.counters,
             max_matches=self.max_matches,
+            match_counts=self.match_counts + other.match_counts,
         )
         merged.keys = _keys_for(merged, {**self.keys, **other.keys})
         return merged
@@ -182,15 +196,15 @@ def search_codes(
     result.top_refs[rows] = refs
     # Matches: every training image at or above the item's threshold, up to max_matches. An
     # item whose k-th neighbour is still above may have more: only those are searched again
-    # with k = max_matches (rare, and a big k costs 2-3x on every item).
+    # (rare, and a big k costs 2-3x on every item), with one more than max_matches, so that
+    # an item with more matches than are kept is known (``capped``).
     saturated = (scores[:, -1] >= thresholds[:, 0]) & (refs[:, -1] != EMPTY_REF)
-    if max_matches > top_k and saturated.any():
+    if max_matches >= top_k and saturated.any():
         more_scores, more_refs = _ranked(
-            codes, indices, queries[saturated], max_matches, index, shard_id
+            codes, indices, queries[saturated], max_matches + 1, index, shard_id
         )
-    else:
-        more_scores = np.zeros((0, top_k), np.float32)
-        more_refs = np.zeros((0, top_k), np.int64)
+    else:  # top k already holds more than max_matches of each saturated item's matches
+        more_scores, more_refs = scores[saturated], refs[saturated]
     match_rows, match_refs, match_scores = [], [], []
     for rr, sc, rf, thr in (
         (rows[~saturated], scores[~saturated], refs[~saturated], thresholds[~saturated]),
@@ -203,6 +217,9 @@ def search_codes(
     result.match_rows = np.concatenate(match_rows)
     result.match_refs = np.concatenate(match_refs)
     result.match_scores = np.concatenate(match_scores)
+    result.match_counts = np.minimum(
+        np.bincount(result.match_rows, minlength=n).astype(np.int64), max_matches + 1
+    )
     keep = _best_per_row(result.match_rows, result.match_refs, result.match_scores, max_matches)
     result.match_rows = result.match_rows[keep]
     result.match_refs = result.match_refs[keep]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from pipeline.overlap.detectors import to_8bit
+
 _FILTERS = (
     Image.Resampling.NEAREST,
     Image.Resampling.BILINEAR,
@@ -48,7 +50,7 @@ class TransformSpec:
 def transform(img: Image.Image, rng: random.Random, spec: TransformSpec | None = None) -> bytes:
     """A random transformed copy of ``img`` as JPEG bytes; the same rng state gives the same copy."""
     spec = spec or TransformSpec()
-    img = img.convert("RGB")
+    img = to_8bit(img).convert("RGB")
     w, h = img.size
 
     def resample() -> Image.Resampling:

@@ -274,21 +274,16 @@ def _found(obj: object) -> str:
     return f"a {type(obj).__name__}"
 
 
-def load_checkpoint_model(
-    checkpoint: str | Path, model_config: str | Path | None = None, device: str = "auto"
-) -> CheckpointModel:
-    """The model a ``training.run`` checkpoint holds, built offline.
-
-    The architecture comes from ``model_config`` (an open_clip model-config JSON) or, when
-    that is not given, from the ``model_config`` dict the checkpoint records. Every problem
-    is one ``ZeroShotError`` naming the file.
-    """
+def check_zeroshot_setup(
+    model_config: str | Path | None = None, device: str = "auto"
+) -> tuple[Any, dict[str, Any] | None]:
+    """What ``--checkpoint`` needs besides the checkpoint itself, checked as the real run
+    checks it (``--check`` runs this alone, before a checkpoint exists): the model config
+    (exists, parses, builds offline), torch and open_clip, and the device. Returns (torch
+    device, model config dict or None)."""
     from pipeline.overlap import clip_models as cm
 
-    ckpt = Path(checkpoint).expanduser()
     cfg_path = Path(model_config).expanduser() if model_config else None
-    if not ckpt.is_file():
-        raise ZeroShotError(f"--checkpoint {ckpt}: no such file")
     if cfg_path is not None and not cfg_path.is_file():
         raise ZeroShotError(f"--model-config {cfg_path}: no such file")
     try:
@@ -305,7 +300,29 @@ def load_checkpoint_model(
         ) from None
     try:
         dev = cm.resolve_device(device, "zeroshot_device")
-        cfg = cm.read_config(cfg_path) if cfg_path is not None else None  # before a big load
+        cfg = cm.read_config(cfg_path) if cfg_path is not None else None
+    except cm.OpenClipError as e:
+        raise ZeroShotError(str(e)) from None
+    return dev, cfg
+
+
+def load_checkpoint_model(
+    checkpoint: str | Path, model_config: str | Path | None = None, device: str = "auto"
+) -> CheckpointModel:
+    """The model a ``training.run`` checkpoint holds, built offline.
+
+    The architecture comes from ``model_config`` (an open_clip model-config JSON) or, when
+    that is not given, from the ``model_config`` dict the checkpoint records. Every problem
+    is one ``ZeroShotError`` naming the file.
+    """
+    from pipeline.overlap import clip_models as cm
+
+    ckpt = Path(checkpoint).expanduser()
+    cfg_path = Path(model_config).expanduser() if model_config else None
+    if not ckpt.is_file():
+        raise ZeroShotError(f"--checkpoint {ckpt}: no such file")
+    dev, cfg = check_zeroshot_setup(cfg_path, device)  # before a big load
+    try:
         obj = cm.read_checkpoint(ckpt)
     except cm.OpenClipError as e:
         raise ZeroShotError(str(e)) from None

@@ -4,8 +4,10 @@ before anything is written."""
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.overlap.__main__ import build_parser, job_from_args, main
@@ -375,3 +377,99 @@ def test_a_file_name_with_a_colon_is_a_plain_path(
          "--out", "out"]
     )  # fmt: skip
     assert job_from_args(args).predictions == {"imagefolder": Path("pets:run1.csv")}
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["run", "check"])
+def test_an_out_that_is_a_file_is_one_line_before_any_work(
+    scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture, check: bool
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    argv = ["--eval", f"cifar10:{scenario.cifar}", "--train", str(scenario.ours)]
+    argv += ["--threshold", "0.9", *(["--check"] if check else [])]
+    for out, message in (
+        (afile, f"error: --out {afile}: exists and is not a folder\n"),
+        (afile / "sub", f"error: --out {afile / 'sub'}: is inside {afile}, which exists and "
+         "is not a folder\n"),
+    ):  # fmt: skip
+        code, stdout, err = _run([*argv, "--out", str(out)], capsys)
+        assert (code, stdout, err) == (2, "", message)
+    assert afile.read_text() == "mine"
+
+
+def test_no_training_image_searched_is_an_error(
+    scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Training shards that hold no readable image: nothing was searched, so a report of
+    "0 of N items overlap" would be a lie."""
+    garbage, empty = tmp_path / "garbage", tmp_path / "empty"
+    garbage.mkdir()
+    (garbage / "00000.tar").write_bytes(np.random.default_rng(0).bytes(5000))
+    empty.mkdir()
+    tarfile.open(empty / "00000.tar", "w").close()
+    for train, damaged in ((garbage, 1), (empty, 0)):
+        out = tmp_path / f"out-{train.name}"
+        code, stdout, err = _run(
+            ["--eval", f"cifar10:{scenario.cifar}", "--train", str(train), "--out", str(out),
+             "--threshold", "0.9", "--processes", "1"],
+            capsys,
+        )  # fmt: skip
+        assert code == 2 and stdout == ""
+        last = err.splitlines()[-1]
+        assert last == (
+            f"error: no training image could be read from the 1 shard(s) of --train {train} "
+            f"(damaged tars {damaged}, skipped damaged members 0, undecodable images 0, "
+            "samples without an image 0): nothing was searched, no report written"
+        )
+        assert not out.exists()
+
+
+def test_an_eval_set_with_no_decodable_image_is_a_warning(
+    scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    broken = tmp_path / "broken"
+    for i, c in enumerate(("cat", "dog", "dog")):
+        (broken / c).mkdir(parents=True, exist_ok=True)
+        (broken / c / f"{i}.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    code, stdout, err = _run(
+        ["--eval", f"imagefolder:{broken}", "--train", str(scenario.ours), "--out", str(out),
+         "--threshold", "0.9", "--processes", "1", "--contact-pairs", "0"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and "imagefolder: 0 of 3 items overlap (0.00%)" in stdout
+    warning = (
+        "imagefolder: none of its 3 eval images could be decoded, so none was searched: "
+        "its 0 overlap means nothing"
+    )
+    assert f"warning: {warning}\n" in err
+    assert f"- Warning: {warning}" in (out / "report.md").read_text()
+
+
+def test_check_verifies_the_model_config_and_the_zeroshot_device(
+    scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--check refuses what the run with --checkpoint would refuse, the checkpoint aside
+    (it may not be trained yet)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("open_clip")
+    out = tmp_path / "report"
+    base = ["--check", "--eval", f"cifar10:{scenario.cifar}", "--train", str(tmp_path / "x"),
+            "--out", str(out), "--checkpoint", str(tmp_path / "not-trained.pt")]  # fmt: skip
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"embed_dim": 32,')
+    for extra, message in (
+        (["--model-config", str(tmp_path / "none.json")],
+         f"error: --model-config {tmp_path / 'none.json'}: no such file\n"),
+        (["--model-config", str(bad)],
+         f"error: model config {bad}: not an open_clip model config: "),
+    ):  # fmt: skip
+        code, stdout, err = _run([*base, *extra], capsys)
+        assert code == 2 and stdout == "" and err.startswith(message), err
+        assert err.count("\n") == 1
+    import torch
+
+    if not torch.cuda.is_available():
+        code, _, err = _run([*base, "--zeroshot-device", "cuda"], capsys)
+        assert (code, err) == (2, "error: zeroshot_device cuda: CUDA is not available here\n")
+    assert not out.exists()

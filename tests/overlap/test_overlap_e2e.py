@@ -16,6 +16,7 @@ from pipeline.overlap.evalsets import parse_eval_spec
 from pipeline.overlap.run import OverlapJob, OverlapReport, run_overlap
 from pipeline.overlap.stats import REPORT_FIELDS
 from tests.overlap.conftest import Scenario
+from tests.overlap.layouts import field_image, jpeg, write_train_dir
 
 
 def _job(sc: Scenario, out: Path, **settings: object) -> OverlapJob:
@@ -188,3 +189,102 @@ def test_a_report_rewritten_with_fewer_sets_drops_the_others_folders(
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["cifar10", "notes"]
     assert f"removed {out / 'pets'}: eval set pets is not in this report" in said
     assert set(json.loads((out / "report.json").read_text())) == {"cifar10"}
+
+
+def test_empty_predictions_count_wrong_and_the_report_says_how_many(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """training.run writes an undecodable item's prediction empty: such items are read as
+    no answer, counted wrong, and counted in report.md and run.json."""
+    lines = scenario.cifar_predictions.read_text().splitlines()
+    blank = {3, 30}  # no prediction (3: Overlap, 30: Clean); both were predicted right before
+    assert all(scenario.cifar_correct[i] for i in blank)
+    preds = tmp_path / "with_blanks.csv"
+    preds.write_text(
+        "\n".join([lines[0], *(f"{i}," if i in blank else ln for i, ln in enumerate(lines[1:]))])
+        + "\n"
+    )
+    job = OverlapJob(
+        evals=(parse_eval_spec(f"cifar10:{scenario.cifar}"),),
+        train=(scenario.ours, scenario.i2d),
+        out=tmp_path / "out",
+        config=OverlapConfig(threshold=THRESHOLD, processes=1, contact_pairs=0),
+        predictions={"cifar10": preds},
+    )
+    said: list[str] = []
+    report = run_overlap(job, log=said.append)
+    right = scenario.cifar_correct.copy()
+    right[sorted(blank)] = False
+    assert report.per_set["cifar10"]["acc_all"] == pytest.approx(right.mean())
+    rows = pq.read_table(job.out / "cifar10" / "splits.parquet").to_pylist()
+    assert [(r["prediction"], r["correct"]) for r in rows if int(r["id"]) in blank] == [
+        (None, False),
+        (None, False),
+    ]
+    assert (
+        f"cifar10: 2 of 60 item(s) have no prediction (empty or null in {preds}"
+        in (job.out / "report.md").read_text()
+    )
+    run = json.loads((job.out / "run.json").read_text())
+    assert run["eval_sets"]["cifar10"]["no_prediction"] == 2
+    assert any("2 item(s) have no prediction" in line for line in said)
+
+
+@pytest.mark.parametrize(("max_matches", "capped"), [(3, True), (5, False)])
+def test_items_with_more_matches_than_max_matches_are_counted_and_reported(
+    scenario: Scenario, tmp_path: Path, max_matches: int, capped: bool
+) -> None:
+    """Five training copies of one eval item: with --max-matches 3 only three are listed,
+    and the run says so (console warning, report.md, run.json); with 5, all are."""
+    copy = (scenario.pets / "cat" / "002.png").read_bytes()
+    distractors = [jpeg(field_image(50_000 + i)) for i in range(6)]
+    keys = write_train_dir(tmp_path / "train", [*distractors[:3], *[copy] * 5, *distractors[3:]], 4)
+    job = OverlapJob(
+        evals=(parse_eval_spec(f"pets=imagefolder:{scenario.pets}"),),
+        train=(tmp_path / "train",),
+        out=tmp_path / "out",
+        config=OverlapConfig(
+            threshold=0.95, max_matches=max_matches, top_k=2, processes=1, contact_pairs=0
+        ),
+    )
+    report = run_overlap(job, log=lambda _: None)
+    rows = pq.read_table(job.out / "decontaminate.parquet").to_pylist()
+    assert [r["train_key"] for r in rows] == keys[3:8][:max_matches]
+    run = json.loads((job.out / "run.json").read_text())
+    assert run["decontaminate"] == {
+        "rows": max_matches,
+        "max_matches": max_matches,
+        "capped_items": int(capped),
+    }
+    assert run["eval_sets"]["pets"]["capped_matches"] == int(capped)
+    warning = (
+        "1 eval item(s) (pets 1) match more than --max-matches 3 training images; "
+        "decontaminate.parquet lists only the best 3 of each: rerun with a larger "
+        "--max-matches to list them all"
+    )
+    assert report.warnings == ([warning] if capped else [])
+    assert (f"- Warning: {warning}" in (job.out / "report.md").read_text()) is capped
+
+
+def test_a_rerun_into_the_same_out_replaces_each_set_folder_whole(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """A calibrated run with contact sheets, then a rerun with a given threshold and none:
+    no calibration curve, contact sheet or predictions of the first run is left behind."""
+    out = tmp_path / "report"
+    run_overlap(_job(scenario, out, contact_pairs=4), log=lambda _: None)
+    first = {p.name for p in (out / "cifar10").iterdir()}
+    assert {"calibration.parquet", "pr_curve.png", "borderline.png"} <= first
+    # As an earlier --checkpoint run leaves it.
+    (out / "cifar10" / "predictions.parquet").write_bytes(b"an older run's")
+    run_overlap(_job(scenario, out, threshold=THRESHOLD, contact_pairs=0), log=lambda _: None)
+    for name in ("cifar10", "pets"):
+        assert sorted(p.name for p in (out / name).iterdir()) == [
+            "neighbours.parquet",
+            "splits.parquet",
+        ]
+    # Nothing of the swap is left in the report folder either.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cifar10", "decontaminate.parquet", "overlap.png", "pets", "report.json", "report.md",
+        "run.json",
+    ]  # fmt: skip

@@ -2,13 +2,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.overlap.evalsets import EvalSet, EvalSpec, load_eval_set
-from pipeline.overlap.predictions import PredictionsError, read_predictions
-from tests.overlap.layouts import write_cifar10, write_imagenet
+from pipeline.overlap.predictions import NO_ANSWER, PredictionsError, read_predictions
+from pipeline.overlap.zeroshot import write_predictions
+from tests.overlap.layouts import write_cifar10, write_imagefolder, write_imagenet
 
 
 @pytest.fixture
@@ -92,3 +94,74 @@ def test_unreadable_files(tmp_path: Path, cifar: EvalSet) -> None:
     (tmp_path / "p.parquet").write_bytes(b"not parquet")
     with pytest.raises(PredictionsError, match="cannot read"):
         read_predictions(tmp_path / "p.parquet", cifar)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_training_predictions_with_an_undecodable_item_read_back_as_no_answer(
+    tmp_path: Path, cifar: EvalSet, suffix: str
+) -> None:
+    """training.run --zeroshot (CSV) and --checkpoint (Parquet) write an undecodable
+    item's prediction empty / null: it reads back as no answer, which never counts right."""
+    written = [3, 0, -1, 9, 9, 3]  # item 2: the image could not be decoded
+    top5 = np.array([[v] * 5 for v in written], np.int64)
+    path = tmp_path / f"p{suffix}"
+    write_predictions(path, cifar.ids, written, top5 if suffix == ".parquet" else None)
+    got = read_predictions(path, cifar)
+    assert got.tolist() == [3, 0, NO_ANSWER, 9, 9, 3]
+    assert not (got == cifar.labels)[2]
+    assert (got == cifar.labels).sum() == sum(
+        w == lab for w, lab in zip(written, cifar.labels, strict=True)
+    )
+
+
+def test_an_empty_prediction_in_a_hand_written_csv_is_no_answer(
+    tmp_path: Path, cifar: EvalSet
+) -> None:
+    f = tmp_path / "p.csv"
+    f.write_text("id,prediction\n0,3\n1,\n2, \n3,truck\n4,9\n5,3\n")
+    assert read_predictions(f, cifar).tolist() == [3, NO_ANSWER, NO_ANSWER, 9, 9, 3]
+
+
+@pytest.fixture
+def digits(tmp_path: Path) -> EvalSet:
+    """An imagefolder whose classes are numbers: sorted, "10" and "11" come before "2"."""
+    write_imagefolder(tmp_path / "digits", [str(i) for i in range(12)], per_class=1)
+    es = load_eval_set(EvalSpec("imagefolder", "imagefolder", tmp_path / "digits"))
+    assert es.classes[:4] == ("0", "1", "10", "11")
+    return es
+
+
+def test_a_number_that_is_one_class_index_and_another_class_name_is_refused(
+    tmp_path: Path, digits: EvalSet
+) -> None:
+    f = tmp_path / "p.csv"
+    # Each item predicted as its own folder's name: "0" and "1" mean the same either way.
+    f.write_text("id,prediction\n" + "".join(f"{i},{i.split('/')[0]}\n" for i in digits.ids))
+    with pytest.raises(
+        PredictionsError,
+        match=r"item '10/000\.png': '10' is ambiguous: class index 10 \('8'\) or the name of "
+        r"class 2 \('10'\); give class indices as integers",
+    ):
+        read_predictions(f, digits)
+    # A Parquet text column is read as CSV text is.
+    pq.write_table(
+        pa.table({"id": list(digits.ids), "prediction": [i.split("/")[0] for i in digits.ids]}),
+        tmp_path / "names.parquet",
+    )
+    with pytest.raises(PredictionsError, match="is ambiguous"):
+        read_predictions(tmp_path / "names.parquet", digits)
+
+
+def test_an_integer_column_is_class_indices_even_where_they_are_class_names(
+    tmp_path: Path, digits: EvalSet
+) -> None:
+    f = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"id": list(digits.ids), "prediction": list(range(12))}), f)
+    assert read_predictions(f, digits).tolist() == list(range(12))
+    # Text whose two readings agree is no ambiguity: "0" and "1" are index and name alike.
+    f = tmp_path / "p.csv"
+    f.write_text(
+        "id,prediction\n"
+        + "".join(f"{i},{'0' if n % 2 else '1'}\n" for n, i in enumerate(digits.ids))
+    )
+    assert read_predictions(f, digits).tolist() == [1, 0] * 6

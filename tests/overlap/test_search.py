@@ -102,6 +102,7 @@ def _same(a: SearchResult, b: SearchResult) -> bool:
         and np.array_equal(a.match_rows, b.match_rows)
         and np.array_equal(a.match_refs, b.match_refs)
         and np.array_equal(a.match_scores, b.match_scores)
+        and np.array_equal(a.match_counts, b.match_counts)
         and a.keys == b.keys
     )
 
@@ -124,6 +125,28 @@ def test_merging_shard_answers_in_any_order_and_grouping_gives_one_answer() -> N
     # max_matches caps the matches kept per eval item, best first.
     counts = np.bincount(reference.match_rows, minlength=len(index))
     assert counts.max() <= 3
+
+
+@pytest.mark.parametrize(("k", "m"), [(5, 2), (5, 5), (5, 6), (3, 8), (2, 40)])
+def test_matches_beyond_max_matches_are_counted_as_capped(k: int, m: int) -> None:
+    """Whatever top_k is next to max_matches, every item keeps min(its matches, m) of
+    them, the best ones, and ``capped`` marks exactly the items that have more than m."""
+    rng = np.random.default_rng(7)
+    bits = 32
+    eval_codes = rng.integers(0, 256, (8, bits // 8), dtype=np.uint8)
+    # Item i has i * 2 exact copies (0 to 14), spread over the shards; the rest is noise.
+    copies = [eval_codes[i] for i in range(8) for _ in range(2 * i)]
+    train = np.concatenate([np.stack(copies), rng.integers(0, 256, (60, bits // 8), np.uint8)])
+    train = train[rng.permutation(len(train))]
+    index = EvalIndex("binary", bits, eval_codes, np.full(8, 0.95, np.float32), np.ones(8, bool))
+    parts = _search_in_shards(index, train, [30, 31, 70], k, m)
+    result = sum(parts[1:], parts[0])
+    true = (_hamming_scores(eval_codes, train, bits) >= 0.95).sum(axis=1)
+    assert true.tolist() == [2 * i for i in range(8)]  # no accidental near copy
+    kept = np.bincount(result.match_rows, minlength=8)
+    assert kept.tolist() == np.minimum(true, m).tolist()
+    assert result.capped.tolist() == (true > m).tolist()
+    assert (result.match_scores == 1.0).all()
 
 
 def test_ties_are_broken_by_reference_so_the_kept_set_is_deterministic() -> None:
