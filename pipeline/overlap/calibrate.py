@@ -270,10 +270,17 @@ class ScaleCheck:
 
 
 def threshold_at_scale(
-    base: float, decoy_top: np.ndarray, eval_top: np.ndarray, target: float, symmetric: int = 0
+    base: float,
+    decoy_top: np.ndarray,
+    eval_top: np.ndarray,
+    target: float,
+    symmetric: int = 0,
+    *,
+    may_raise: bool = True,
 ) -> ScaleCheck:
     """The lowest threshold >= ``base`` at which the eval items' best scores (``eval_top``)
-    reach ``target`` precision, false matches estimated from the decoys' (``decoy_top``)."""
+    reach ``target`` precision, false matches estimated from the decoys' (``decoy_top``).
+    ``may_raise=False`` (a threshold the user gave) keeps ``base`` and only estimates."""
     decoy = np.sort(np.asarray(decoy_top, np.float32)[np.isfinite(decoy_top)])
     items = np.sort(np.asarray(eval_top, np.float32)[np.isfinite(eval_top)])
     n, d = len(items), len(decoy)
@@ -283,7 +290,7 @@ def threshold_at_scale(
 
     base32 = np.float32(base)
     chosen = base32
-    if d and n:
+    if d and n and may_raise:
         above = np.concatenate([items, np.nextafter(decoy, np.float32(np.inf)), [base32]])
         cands = np.unique(above[above >= base32])
         e, f = hits(items, cands), hits(decoy, cands) * n / d

@@ -36,6 +36,9 @@ class OverlapConfig:
     top_k: int = 5
     max_matches: int = 100  # training matches kept per eval item (decontamination list)
     calibration_items: int = 1000
+    # Mirrored eval items searched with them: the false-match rate at the training set's
+    # size (calibrate.threshold_at_scale); 0: none.
+    decoys: int = 1000
     seed: int = 0
     confidence: float = 0.995  # two-sided Clopper-Pearson level
     alpha: float = 0.05  # family-wise level of the Bonferroni-corrected tests
@@ -90,6 +93,8 @@ class OverlapConfig:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if self.max_matches < 1:
             raise ConfigError(f"max_matches must be >= 1, got {self.max_matches}")
+        if self.decoys < 0:
+            raise ConfigError(f"decoys must be >= 0 (0: none), got {self.decoys}")
         if self.calibration_items < 10:
             raise ConfigError(f"calibration_items must be >= 10, got {self.calibration_items}")
         if not 0 < self.confidence < 1:
@@ -133,6 +138,9 @@ HELP: dict[str, str] = {
     "top_k": "nearest training images kept per eval item (default: 5)",
     "max_matches": "training images above the threshold kept per eval item for "
     "decontaminate.parquet; items with more are counted and warned about (default: 100)",
+    "decoys": "mirrored eval items per eval set searched over the training set with the "
+    "eval items: false matches at the training set's size, which raise a calibrated "
+    "threshold until the estimated precision reaches --precision (default: 1000; 0: none)",
     "calibration_items": "eval items given a planted transformed copy per eval set (default: 1000)",
     "seed": "seed of the calibration sample and its transformations (default: 0)",
     "confidence": "level of the two-sided Clopper-Pearson interval on Overlap accuracy "

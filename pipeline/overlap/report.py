@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from pipeline.overlap.calibrate import Calibration
+from pipeline.overlap.calibrate import Calibration, ScaleCheck
 from pipeline.overlap.detectors import to_8bit
 from pipeline.shards.atomic import write_text_atomic
 
@@ -37,12 +37,37 @@ def write_json(path: Path, obj: object) -> None:
     write_text_atomic(Path(path), json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+def scale_text(check: ScaleCheck | None) -> str:
+    """The decoy check of one threshold, in a sentence (leading space)."""
+    if check is None:
+        return (
+            " No decoys were searched: its false-match rate at the training set's size is unknown."
+        )
+    if not check.decoys:
+        return " No decoy was left to search (every mirrored item looks like itself)."
+    estimate = "n/a" if check.precision is None else f"{check.precision:.3f}"
+    sym = f", {check.symmetric:,} dropped as mirror-symmetric" if check.symmetric else ""
+    text = (
+        f" Decoys: {check.decoys:,} mirrored eval items{sym}, searched over the whole training "
+        f"set: {check.decoy_hits:,} score at or above {check.threshold:.4f}, where "
+        f"{check.eval_hits:,} eval items do: estimated precision {estimate}"
+    )
+    if check.raised:
+        text += (
+            f" (raised from {check.base:.4f}, where {check.base_decoy_hits:,} decoys and "
+            f"{check.base_eval_hits:,} items scored: unrelated training images pass a threshold "
+            "set among the eval set's own items)"
+        )
+    return text + "."
+
+
 def report_markdown(
     per_set: Mapping[str, Mapping[str, Any]],
     bonferroni: Mapping[str, Any],
     calibrations: Mapping[str, Calibration | None],
     confidence: float,
     notes: Sequence[str] = (),
+    scale: Mapping[str, ScaleCheck] | None = None,
 ) -> str:
     level = f"{100 * confidence:g}%"
     lines = [
@@ -81,16 +106,17 @@ def report_markdown(
     lines.append("")
     for name, cal in calibrations.items():
         thr = per_set[name]["threshold"]
+        check = (scale or {}).get(name)
         if cal is None:
-            lines.append(f"- {name}: {thr:.4f}, given on the command line.")
+            lines.append(f"- {name}: {thr:.4f}, given on the command line.{scale_text(check)}")
             continue
         reached = "" if cal.reached else " (target NOT reached: nothing is called overlap)"
         lines.append(
-            f"- {name}: {cal.threshold:.4f}, calibrated on {len(cal.items):,} planted copies "
-            f"against {cal.distractors:,} distractors: precision {cal.precision:.3f} "
-            f"(target {cal.target}), recall {cal.recall:.3f}{reached}. "
-            f"Curve: `{name}/calibration.parquet`, `{name}/pr_curve.png`; borderline pairs: "
-            f"`{name}/borderline.png`."
+            f"- {name}: {thr:.4f}. Calibrated at {cal.threshold:.4f} on {len(cal.items):,} "
+            f"planted copies against {cal.distractors:,} distractors: precision "
+            f"{cal.precision:.3f} (target {cal.target}), recall {cal.recall:.3f}{reached}."
+            f"{scale_text(check)} Curve: `{name}/calibration.parquet`, `{name}/pr_curve.png`; "
+            f"borderline pairs: `{name}/borderline.png`."
         )
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]

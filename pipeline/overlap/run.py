@@ -31,7 +31,15 @@ from PIL import Image
 
 from pipeline.config import ConfigError
 from pipeline.overlap import report as rep
-from pipeline.overlap.calibrate import Calibration, CalibrationError, calibrate
+from pipeline.overlap.calibrate import (
+    Calibration,
+    CalibrationError,
+    Decoys,
+    ScaleCheck,
+    calibrate,
+    make_decoys,
+    threshold_at_scale,
+)
 from pipeline.overlap.config import OverlapConfig
 from pipeline.overlap.detectors import Detector, embed_many, make_detector
 from pipeline.overlap.evalsets import EvalSet, EvalSetError, EvalSpec, load_eval_set
@@ -345,6 +353,7 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
     t = time.perf_counter()
     calibrations: dict[str, Calibration | None] = {}
     thresholds: dict[str, float] = {}
+    unreached: list[str] = []
     for s in prep.eval_sets:
         if cfg.calibrate:
             cal = calibrate(
@@ -356,28 +365,55 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
                 f"{s.name}: threshold {cal.threshold:.4f} (precision {cal.precision:.3f}, recall "
                 f"{cal.recall:.3f} on {len(cal.items)} planted copies)"
             )
+            if not cal.reached:
+                unreached.append(
+                    f"{s.name}: no threshold reaches precision {cfg.precision} on its planted "
+                    "copies, so nothing can be called overlap (its 0 overlap means nothing): "
+                    "give --threshold, or a lower --precision"
+                )
         else:
             calibrations[s.name] = None
             thresholds[s.name] = float(np.float32(cfg.threshold))
     seconds["calibrate"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    decoys: dict[str, Decoys] = {}
+    for s in prep.eval_sets:
+        if cfg.decoys:
+            decoys[s.name] = make_decoys(
+                s, *codes[s.name], detector, cfg.decoys, cfg.seed, floor=thresholds[s.name]
+            )
+    seconds["decoys"] = time.perf_counter() - t
+
     offsets = np.cumsum([0] + [len(s) for s in prep.eval_sets])
+    n_items = int(offsets[-1])
+    decoy_codes = [d.codes for d in decoys.values()]
     index = EvalIndex(
         kind=detector.kind,
         dim=detector.dim,
-        codes=np.concatenate([codes[s.name][0] for s in prep.eval_sets]),
+        codes=np.concatenate([codes[s.name][0] for s in prep.eval_sets] + decoy_codes),
+        # Decoys record no matches (their best scores are all that is needed of them).
         thresholds=np.concatenate(
             [np.full(len(s), thresholds[s.name], np.float32) for s in prep.eval_sets]
+            + [np.full(len(c), np.inf, np.float32) for c in decoy_codes]
         ),
-        valid=np.concatenate([codes[s.name][1] for s in prep.eval_sets]),
+        valid=np.concatenate(
+            [codes[s.name][1] for s in prep.eval_sets]
+            + [np.ones(len(c), bool) for c in decoy_codes]
+        ),
     )
     t = time.perf_counter()
-    result = _search(job, prep, index, log)
+    searched = _search(job, prep, index, log)
     seconds["search"] = time.perf_counter() - t
 
-    if result.counters["embedded"] == 0:
-        raise NothingSearchedError(_nothing_searched(job, prep, result))
-    warnings = _warnings(prep, result, offsets, codes, cfg.max_matches)
+    if searched.counters["embedded"] == 0:
+        raise NothingSearchedError(_nothing_searched(job, prep, searched))
+    scale = _check_scale(prep, searched, offsets, codes, decoys, thresholds, cfg, log)
+    for name, check in scale.items():
+        if check.raised:
+            thresholds[name] = check.threshold
+    result = _eval_rows(searched, n_items, offsets, thresholds, prep)
+    warnings = unreached + _warnings(prep, result, offsets, codes, cfg.max_matches)
 
     t = time.perf_counter()
     out = job.out
@@ -400,6 +436,8 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
                 cfg,
                 staged[s.name],
             )
+            if s.name in scale:
+                per_set[s.name]["decoys"] = _scale_entry(scale[s.name])
         seconds["write"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -417,7 +455,8 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
     rep.write_json(out / "report.json", per_set)
     notes = _notes(prep, result, codes, job) + [f"Warning: {w}" for w in warnings]
     (out / "report.md").write_text(
-        rep.report_markdown(per_set, bonf, calibrations, cfg.confidence, notes), encoding="utf-8"
+        rep.report_markdown(per_set, bonf, calibrations, cfg.confidence, notes, scale),
+        encoding="utf-8",
     )
     rep.plot_overlap(per_set, bonf["significant"], out / "overlap.png")
     seconds["write"] += time.perf_counter() - t
@@ -473,6 +512,7 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
                 }
                 for n, c in calibrations.items()
             },
+            "decoys": {n: _scale_entry(c) for n, c in scale.items()},
             "warnings": warnings,
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
         },
@@ -491,6 +531,94 @@ def _nothing_searched(job: OverlapJob, prep: Prepared, result: SearchResult) -> 
         f"{c['undecodable']:,}, samples without an image {c['no_image']:,}): nothing was "
         "searched, no report written"
     )
+
+
+def _check_scale(
+    prep: Prepared,
+    searched: SearchResult,
+    offsets: np.ndarray,
+    codes: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    decoys: Mapping[str, Decoys],
+    thresholds: Mapping[str, float],
+    cfg: OverlapConfig,
+    log: Callable[[str], None],
+) -> dict[str, ScaleCheck]:
+    """Each set's threshold against its decoys' best scores over the whole training set:
+    a calibrated threshold is raised until the estimated precision reaches the target; a
+    given one is kept, with its estimated precision reported."""
+    checks: dict[str, ScaleCheck] = {}
+    start = int(offsets[-1])
+    for i, s in enumerate(prep.eval_sets):
+        if s.name not in decoys:
+            continue
+        d = decoys[s.name]
+        decoy_top = searched.top_scores[start : start + len(d.codes), 0]
+        start += len(d.codes)
+        items = searched.top_scores[int(offsets[i]) : int(offsets[i + 1]), 0]
+        eval_top = items[codes[s.name][1]]
+        # A threshold the user gave stands: only its estimated precision is reported.
+        check = threshold_at_scale(
+            thresholds[s.name],
+            decoy_top,
+            eval_top,
+            cfg.precision,
+            d.symmetric,
+            may_raise=cfg.calibrate,
+        )
+        checks[s.name] = check
+        estimate = "n/a" if check.precision is None else f"{check.precision:.3f}"
+        if check.raised:
+            log(
+                f"{s.name}: threshold raised {check.base:.4f} -> {check.threshold:.4f}: "
+                f"{check.base_decoy_hits:,} of {check.decoys:,} mirrored decoys scored at or "
+                f"above {check.base:.4f} over the whole training set (estimated precision "
+                f"now {estimate})"
+            )
+        else:
+            log(
+                f"{s.name}: {check.decoy_hits:,} of {check.decoys:,} mirrored decoys at or "
+                f"above threshold {check.threshold:.4f} (estimated precision {estimate})"
+            )
+    return checks
+
+
+def _scale_entry(check: ScaleCheck) -> dict[str, Any]:
+    return {**asdict(check), "precision": check.precision, "expected_false": check.expected_false}
+
+
+def _eval_rows(
+    searched: SearchResult,
+    n: int,
+    offsets: np.ndarray,
+    thresholds: Mapping[str, float],
+    prep: Prepared,
+) -> SearchResult:
+    """The search's answer for the eval items alone (decoys dropped), with only the matches
+    at or above each set's final threshold (raised thresholds drop some)."""
+    final = np.concatenate(
+        [np.full(len(s), thresholds[s.name], np.float32) for s in prep.eval_sets]
+    )
+    rows = searched.match_rows
+    keep = (rows < n) & (searched.match_scores >= final[np.minimum(rows, n - 1)])
+    kept_rows = rows[keep]
+    counts = np.bincount(kept_rows, minlength=n).astype(np.int64)[:n]
+    was = searched.match_counts[:n]
+    # A capped row whose kept matches all stay may still have more: it stays capped.
+    counts = np.where((was > searched.max_matches) & (counts == searched.max_matches), was, counts)
+    result = SearchResult(
+        searched.top_scores[:n],
+        searched.top_refs[:n],
+        kept_rows,
+        searched.match_refs[keep],
+        searched.match_scores[keep],
+        counters=searched.counters,
+        max_matches=searched.max_matches,
+        match_counts=counts,
+    )
+    wanted = set(result.top_refs[result.top_refs != EMPTY_REF].tolist())
+    wanted.update(result.match_refs.tolist())
+    result.keys = {r: k for r, k in searched.keys.items() if r in wanted}
+    return result
 
 
 def _warnings(

@@ -473,3 +473,35 @@ def test_check_verifies_the_model_config_and_the_zeroshot_device(
         code, _, err = _run([*base, "--zeroshot-device", "cuda"], capsys)
         assert (code, err) == (2, "error: zeroshot_device cuda: CUDA is not available here\n")
     assert not out.exists()
+
+
+def test_a_calibration_that_cannot_reach_its_target_is_a_warning(
+    scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    # An unreached target (eval sets with many near-identical items) puts the threshold
+    # above every score: the console and the report must say that 0 overlap means nothing.
+    # (Real planted copies nearly always leave some recall: the outcome is forced here.)
+    import dataclasses
+
+    from pipeline.overlap import run as run_module
+
+    real = run_module.calibrate
+
+    def unreached(*args, **kwargs):
+        cal = real(*args, **kwargs)
+        return dataclasses.replace(cal, reached=False, threshold=1.0000001, recall=0.0)
+
+    monkeypatch.setattr(run_module, "calibrate", unreached)
+    out = tmp_path / "out"
+    code, stdout, err = _run(
+        ["--eval", f"pets=imagefolder:{scenario.pets}", "--train", str(scenario.ours),
+         "--out", str(out), "--processes", "1", "--contact-pairs", "0"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and "pets: 0 of 30 items overlap" in stdout
+    warning = (
+        "pets: no threshold reaches precision 0.99 on its planted copies, so nothing can be "
+        "called overlap (its 0 overlap means nothing): give --threshold, or a lower --precision"
+    )
+    assert err.count(f"warning: {warning}\n") == 1
+    assert f"- Warning: {warning}" in (out / "report.md").read_text()

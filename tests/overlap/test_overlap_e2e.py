@@ -70,14 +70,18 @@ def test_planted_duplicates_are_exactly_the_overlap_split(
 def test_a_calibrated_threshold_finds_every_planted_duplicate(
     scenario: Scenario, calibrated: OverlapReport
 ) -> None:
-    # Calibration distractors are eval-set sized (see calibrate.py), so at this scale a few
-    # unrelated pairs may also pass; the planted copies, far above, always do.
+    # Calibration distractors are eval-set sized (see calibrate.py), so a few unrelated
+    # pairs pass its threshold; the mirrored decoys, searched over the training set, raise
+    # it above them: exactly the planted copies are overlap.
     for name, planted in scenario.planted.items():
         cal = calibrated.calibrations[name]
         assert cal is not None and cal.reached and cal.precision >= 0.99
-        assert 0.5 < calibrated.per_set[name]["threshold"] == cal.threshold < 0.9
+        threshold = calibrated.per_set[name]["threshold"]
+        decoys = calibrated.per_set[name]["decoys"]
+        assert 0.5 < cal.threshold <= threshold == decoys["threshold"] < 0.9
+        assert decoys["decoy_hits"] == 0 and decoys["precision"] == 1.0
         splits = pq.read_table(calibrated.out / name / "splits.parquet").to_pylist()
-        assert set(planted) <= {r["id"] for r in splits if r["split"] == "overlap"}
+        assert set(planted) == {r["id"] for r in splits if r["split"] == "overlap"}
 
 
 def test_decontamination_list_holds_the_planted_training_keys(
@@ -104,7 +108,13 @@ def test_report_json_has_exactly_the_fields_and_the_right_numbers(
         ),
     ):
         r = report[name]
-        assert tuple(r) == REPORT_FIELDS
+        assert tuple(r) == (*REPORT_FIELDS, "decoys")
+        # A given threshold stands; the decoys estimate its precision at the training
+        # set's size (here no decoy reaches it).
+        decoys = r["decoys"]
+        assert decoys["threshold"] == decoys["base"] == pytest.approx(r["threshold"])
+        assert not decoys["raised"] and decoys["decoy_hits"] == 0 and decoys["decoys"] > 0
+        assert decoys["eval_hits"] == r["n_overlap"] and decoys["precision"] == 1.0
         is_dup = np.array([i in scenario.planted[name] for i in ids])
         assert (r["n_all"], r["n_overlap"], r["n_clean"]) == (
             len(ids),
@@ -134,7 +144,8 @@ def test_every_output_file_is_written(given: OverlapReport, calibrated: OverlapR
     assert "| pets | 30 | 4 | 13.33 |" in md
     assert "Bonferroni over 2 test(s)" in md and "given on the command line" in md
     out = calibrated.out
-    assert "calibrated on 40 planted copies" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "on 40 planted copies" in md and "mirrored eval items" in md
     for png in (
         "overlap.png",
         "cifar10/borderline.png",
