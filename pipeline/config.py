@@ -259,7 +259,7 @@ HELP.update(
     {
         "output": "output directory or fsspec URL such as s3://bucket/ds (default: data/demo)",
         "warc": "WARC/WAT files or globs, local or fsspec URLs",
-        "pairs": "pair lists (Parquet, CSV, TSV, JSONL)",
+        "pairs": "pair lists (Parquet, CSV, TSV, JSONL or a JSON array)",
         "crawl": "seed pages to crawl",
         "queries": "a saved query list (Parquet, JSON list or text); default: build one",
         "engine": "download engine: native (default) or img2dataset (its pyspark distributor, "

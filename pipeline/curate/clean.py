@@ -1,7 +1,8 @@
 """Caption cleaning: repair and normalize the text, then drop captions that say nothing.
 
-Repair: HTML entities unescaped (alt text is sometimes escaped twice), mojibake and other
-encoding accidents fixed by ftfy, Unicode NFC, invisible characters removed, whitespace
+Repair: complete HTML entities (``&amp;``, ``&#233;``: ending in ``;``) unescaped once
+(alt text is sometimes escaped twice; ``&word`` without ``;`` stays literal, as HTML5
+leaves it in an attribute), mojibake and other encoding accidents fixed by ftfy, Unicode NFC, invisible characters removed, whitespace
 collapsed. Then, in this order, each drop counted under its reason:
 
 =================  ==========================================================================
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import html
+import html.entities
 import math
 import re
 import unicodedata
@@ -101,6 +103,7 @@ _URL_LIKE = re.compile(r"^(?:[a-z][a-z0-9+.-]*://|www\.)\S*$", re.I)
 _WORD = re.compile(r"[^\W\d_]+")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u2060\ufeff\u00ad\u200e\u200f"), None)
 _CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ENTITY = re.compile(r"&(?:#[0-9]{1,8}|#[xX][0-9a-fA-F]{1,8}|[A-Za-z][A-Za-z0-9]{0,31});")
 
 
 @dataclass(frozen=True)
@@ -129,19 +132,36 @@ class CleanConfig:
             )
 
 
+def _entity(m: re.Match[str]) -> str:
+    ref = m.group()
+    if ref[1] == "#":
+        return html.unescape(ref)  # a complete numeric reference: no prefix matching
+    return html.entities.html5.get(ref[1:], ref)  # "amp;": only the whole name counts
+
+
+def unescape_entities(text: str) -> str:
+    """One pass over complete character references (``&amp;``, ``&eacute;``, ``&#233;``,
+    ``&#xE9;``: a name or number ending in ``;``). ``html.unescape`` would also decode
+    the legacy names that need no ``;`` (``&reg``, ``&not``, ``&times``, ``&sect``), so
+    that ``Rules&regulations`` became ``Rules®ulations``; HTML5 leaves those literal in
+    an attribute, and so does this. Once only: ``&amp;lt;`` is ``&lt;``, not ``<``."""
+    return _ENTITY.sub(_entity, text) if "&" in text else text
+
+
 def clean_text(text: str | None, fix_text: bool = True) -> str:
     """The repaired caption: entities, encoding accidents, NFC, invisibles, whitespace."""
     if not text:
         return ""
-    if "&" in text:
-        text = html.unescape(text)
+    text = unescape_entities(text)
     if text.isascii():
         if _CONTROLS.search(text):
             text = _CONTROLS.sub(" ", text)
     elif fix_text:
         import ftfy
 
-        text = ftfy.fix_text(text, normalization="NFC")
+        # Entities were unescaped above, once; ftfy would unescape again (until nothing
+        # changes), turning a written "&amp;lt;" into "<".
+        text = ftfy.fix_text(text, normalization="NFC", unescape_html=False)
         text = text.translate(_INVISIBLE)
     else:
         text = unicodedata.normalize("NFC", _CONTROLS.sub(" ", text)).translate(_INVISIBLE)

@@ -176,7 +176,7 @@ class CandidateDedupConfig:
 class CandidateDeduplicator(CandidateFilter):
     """Drops repeated candidates within one stream: ``duplicate_pair`` when the same URL
     came with the same caption before, ``duplicate_url`` when it came with another caption
-    (key "url" only); ``invalid_url`` when the URL has no normalized form.
+    (key "url" only); ``unfetchable_url`` when the URL has no normalized http(s) form.
 
     Holds a seen-set of digests: across Spark partitions, route candidates by
     ``dedup_key`` first so that each key's copies meet in one task.
@@ -195,7 +195,7 @@ class CandidateDeduplicator(CandidateFilter):
     def check(self, candidate: Candidate) -> str | None:
         url = normalize_url(candidate.url, self.config.drop_params)
         if url is None:
-            return DropReason.INVALID_URL
+            return DropReason.UNFETCHABLE_URL
         if self.config.rewrite_urls:
             candidate.url = url
         pair = _digest(url + "\x00" + caption_key(candidate.caption))

@@ -477,17 +477,73 @@ def save_queries(table: pa.Table, path: str | os.PathLike[str]) -> None:
     os.replace(tmp, path)
 
 
-def load_queries(path: str | os.PathLike[str]) -> pa.Table:
-    """A query list in ``QUERY_SCHEMA``, row order kept (it gives the entry ids).
+def load_queries(path: str | os.PathLike[str], lowercase: bool = False) -> pa.Table:
+    """A query list in ``QUERY_SCHEMA``, row order kept (it gives the entry ids); see
+    ``load_query_list``."""
+    return load_query_list(path, lowercase)[0]
+
+
+def load_query_list(
+    path: str | os.PathLike[str], lowercase: bool = False
+) -> tuple[pa.Table, dict[str, int]]:
+    """A query list in ``QUERY_SCHEMA``, and what loading changed in it.
 
     Reads our Parquet, a JSON list of strings (MetaCLIP's released ``metadata.json``) or
-    a text file with one entry per line; entries of the last two are taken as given
-    (blank lines and repeats dropped), with source ``file``.
+    a text file with one entry per line (source ``file`` for the last two). Every entry
+    is normalized as built lists are and as captions are matched (``normalize_entry``:
+    NFC, one space between words, and lowercased when ``lowercase``: pass the matcher's
+    setting): an entry with stray spaces or in NFD would otherwise never match a cleaned
+    caption. Blank lines are skipped; entries without a letter or digit are dropped;
+    entries equal to an earlier one once normalized are dropped (the first keeps its
+    place). The counts: ``entries`` kept, ``changed`` by normalizing, ``dropped`` (no
+    letter or digit), ``repeats``.
+
+    Raises FileNotFoundError for a missing local file and ``InputError`` (one line) for
+    a list that cannot be read or has the wrong shape.
     """
+    from pipeline.sources.pairs import InputError
+
     path = str(path)
-    suffix = Path(path.split("?")[0]).suffix.lower()
     if "://" not in path and not Path(path).is_file():
         raise FileNotFoundError(f"query list not found: {path}")
+    try:
+        table = _read_query_file(path)
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise FileNotFoundError(f"query list not found: {path}") from None
+    except (OSError, ValueError, EOFError) as e:  # pyarrow's errors are ValueErrors too
+        raise InputError(f"cannot read the query list {path}: {type(e).__name__}: {e}") from None
+    keep: list[int] = []
+    entries: list[str] = []
+    seen: set[str] = set()
+    counts = {"entries": 0, "changed": 0, "dropped": 0, "repeats": 0}
+    for i, given in enumerate(table.column("entry").to_pylist()):
+        if not given.strip():
+            continue
+        entry = normalize_entry(given, lowercase)
+        if entry is None:
+            counts["dropped"] += 1
+            continue
+        if entry in seen:
+            counts["repeats"] += 1
+            continue
+        seen.add(entry)
+        counts["changed"] += entry != given
+        keep.append(i)
+        entries.append(entry)
+    counts["entries"] = len(entries)
+    if len(keep) < table.num_rows:
+        table = table.take(pa.array(keep, pa.int64()))
+    table = table.set_column(0, QUERY_SCHEMA.field("entry"), pa.array(entries, pa.string()))
+    return table, counts
+
+
+def _read_query_file(path: str) -> pa.Table:
+    """The list as written, in ``QUERY_SCHEMA`` (entries not yet normalized)."""
+    from pipeline.sources.pairs import InputError
+
+    suffix = Path(path.split("?")[0]).suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -499,9 +555,18 @@ def load_queries(path: str | os.PathLike[str]) -> pa.Table:
         else:
             table = pq.read_table(path)
         if "entry" not in table.column_names:
-            raise ValueError(f"{path}: a query list needs an 'entry' column")
+            raise InputError(
+                f"{path}: a query list needs an 'entry' column; columns are: "
+                f"{', '.join(table.column_names) or '(none)'}"
+            )
+        if not pa.types.is_string(table.column("entry").type) and not pa.types.is_large_string(
+            table.column("entry").type
+        ):
+            raise InputError(
+                f"{path}: the 'entry' column holds {table.column('entry').type}, not text"
+            )
         if table.column("entry").null_count:
-            raise ValueError(f"{path}: null entries")
+            raise InputError(f"{path}: null entries")
         columns = {}
         for f in QUERY_SCHEMA:
             if f.name in table.column_names:
@@ -515,15 +580,14 @@ def load_queries(path: str | os.PathLike[str]) -> pa.Table:
         if suffix == ".json":
             data = json.load(f)
             if not isinstance(data, list) or not all(isinstance(e, str) for e in data):
-                raise ValueError(f"{path}: a JSON query list must be a list of strings")
+                raise InputError(f"{path}: a JSON query list must be a list of strings")
             raw: Sequence[str] = data
         else:
             raw = [line.rstrip("\r\n") for line in f]
-    entries = list(dict.fromkeys(e for e in raw if e.strip()))
-    n = len(entries)
+    n = len(raw)
     return pa.table(
         {
-            "entry": entries,
+            "entry": list(raw),
             "source": [["file"]] * n,
             "unigram_count": pa.nulls(n, pa.int64()),
             "bigram_count": pa.nulls(n, pa.int64()),

@@ -63,7 +63,9 @@ class DropReason(StrEnum):
     FILE_NAME = "file_name"
     URL_LIKE = "url_like"
     WRONG_LANGUAGE = "wrong_language"
-    # dedup_candidates
+    # dedup_candidates (a URL with no normalized http(s) form: another scheme, no host,
+    # a bad port; named apart from the sources' invalid_url, a missing or empty URL)
+    UNFETCHABLE_URL = "unfetchable_url"
     DUPLICATE_URL = "duplicate_url"
     DUPLICATE_PAIR = "duplicate_pair"
 

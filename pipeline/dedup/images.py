@@ -61,17 +61,17 @@ class _Groups:
             self.parent[hi] = lo
 
 
-def exact_duplicates(rows: Iterable[tuple[str, str]]) -> list[Duplicate]:
-    """(key, sha256) pairs -> every key whose bytes an earlier (smaller) key already has."""
+def exact_duplicates(rows: Iterable[tuple[str, str | None]]) -> list[Duplicate]:
+    """(key, sha256) pairs -> every key whose bytes an earlier (smaller) key already has.
+
+    A row without a digest (null or empty: a ledger written without hashes) is nobody's
+    duplicate: an unknown digest says nothing about the bytes."""
+    hashed = sorted((key, digest) for key, digest in rows if digest)
     first: dict[str, str] = {}
-    for key, digest in sorted(rows):
-        if digest and first.get(digest, key) != key:
-            continue
-        first.setdefault(digest, key)
     out = []
-    for key, digest in sorted(rows):
-        kept = first.get(digest)
-        if kept is not None and kept != key:
+    for key, digest in hashed:
+        kept = first.setdefault(digest, key)
+        if kept != key:
             out.append(Duplicate(key, kept, "exact", 0))
     return out
 

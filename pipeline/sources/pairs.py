@@ -3,7 +3,20 @@
 Reading never drops a row silently: a row that cannot be parsed, or whose url or caption
 is missing or not valid text, comes back as a ``PairRow`` carrying the status it will
 have in the ledger. A file that cannot be read at all (missing, empty, unknown format,
-missing column) raises ``InputError`` with one line naming the problem.
+missing column, a compressed file cut short) raises ``InputError`` with one line naming
+the problem.
+
+Quoting. TSV has no quoting convention (as img2dataset and pandas read it with quoting
+off): a ``"`` is an ordinary character and every line is one row. CSV follows RFC 4180: a
+quoted cell may hold the delimiter, ``""`` and line breaks. A quote the file never closes
+would swallow the rest of the file into one cell, and text after a closing quote
+(``"Best of" collection``) is malformed: either way the line where the broken row starts
+is an ``invalid_row`` naming it, and reading goes on at the next line, so every line
+after it is read (and counted) as its own row.
+
+JSON: a ``.json``/``.jsonl``/``.ndjson`` file holds JSON Lines (one object per line), or,
+as pandas' ``to_json`` and img2dataset's ``json`` input format write it, one JSON array
+of objects (an element that is not an object is an ``invalid_row``).
 """
 
 from __future__ import annotations
@@ -11,7 +24,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import lzma
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,13 +129,15 @@ def read_pairs(
     holds no rows unless ``allow_empty`` (one file of several: a Spark job's empty
     partition is a file with no rows)."""
     fmt = detect_format(path)
+    zstd = path.lower().endswith(".zst")
     try:
-        with fsspec.open(path, "rb", compression="infer") as f:
-            data = f.read()
+        # fsspec's zstd reader ends quietly where a cut-short file ends: read it ourselves.
+        with fsspec.open(path, "rb", compression=None if zstd else "infer") as f:
+            data = _zstd_decompress(f.read()) if zstd else f.read()
     except FileNotFoundError:
         raise InputError(f"input file not found: {path}") from None
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read {path}: {e}") from None
+    except _read_errors() as e:  # a compressed file cut short or damaged is a bad file
+        raise InputError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     if not data.strip():
         if allow_empty:
             return []
@@ -136,6 +153,37 @@ def read_pairs(
     if not rows and not allow_empty:
         raise InputError(f"input file has no rows: {path}")
     return rows
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading (and decompressing) a damaged file raises: gzip and bz2 cut short give
+    EOFError, a corrupt stream zlib.error or lzma.LZMAError, zstandard its ZstdError."""
+    errors: tuple[type[BaseException], ...] = (
+        OSError,
+        ValueError,
+        EOFError,
+        zlib.error,
+        lzma.LZMAError,
+    )
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return (*errors, zstandard.ZstdError)
+
+
+def _zstd_decompress(raw: bytes) -> bytes:
+    """Every frame of a .zst file; EOFError when the last one is cut short."""
+    import zstandard
+
+    out = []
+    while raw:
+        frame = zstandard.ZstdDecompressor().decompressobj()
+        out.append(frame.decompress(raw))
+        if not frame.eof:
+            raise EOFError("Compressed file ended before the end of its last zstd frame")
+        raw = frame.unused_data
+    return b"".join(out)
 
 
 def expand_inputs(path: str) -> list[str]:
@@ -232,7 +280,14 @@ def _read_delimited(
     # surrogateescape keeps undecodable bytes as lone surrogates: the row survives and the
     # bad cell is reported, instead of the whole file failing to decode.
     text = data.decode("utf-8-sig", errors="surrogateescape")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # Physical lines as the csv module splits them (\n, \r\n or \r), ends kept.
+    lines = io.StringIO(text, newline="").readlines()
+    quoting = {"quoting": csv.QUOTE_NONE} if delimiter == "\t" else {"strict": True}
+
+    def from_line(first: int) -> Iterator[str]:  # lines[first:] without copying them
+        return (lines[i] for i in range(first, len(lines)))
+
+    reader = csv.reader(from_line(0), delimiter=delimiter, **quoting)
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as e:
@@ -240,13 +295,24 @@ def _read_delimited(
     header = [h.strip() for h in header]
     _check_columns(path, header, url_col, caption_col)
     index = 0
+    base = 0  # physical lines before the one ``reader`` started on
     while True:
+        start = base + reader.line_num + 1  # the line the next record starts on
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as e:
-            yield PairRow(index, None, None, Status.INVALID_ROW, f"line {reader.line_num}: {e}")
+            end = base + reader.line_num
+            if end > start:
+                # A quote opened on line ``start`` was never closed where it should be:
+                # that line is the bad row, and the lines it swallowed are read again.
+                why = f"line {start}: {e} (a quoted cell opened on this line is not closed)"
+                base = start
+                reader = csv.reader(from_line(base), delimiter=delimiter, **quoting)
+            else:
+                why = f"line {start}: {e}"
+            yield PairRow(index, None, None, Status.INVALID_ROW, why)
             index += 1
             continue
         if not cells:
@@ -257,7 +323,7 @@ def _read_delimited(
                 None,
                 None,
                 Status.INVALID_ROW,
-                f"line {reader.line_num}: {len(cells)} fields, header has {len(header)}",
+                f"line {start}: {len(cells)} fields, header has {len(header)}",
             )
         else:
             yield make_row(index, dict(zip(header, cells, strict=True)), url_col, caption_col)
@@ -265,8 +331,21 @@ def _read_delimited(
 
 
 def _read_jsonl(path: str, data: bytes, url_col: str, caption_col: str) -> Iterator[PairRow]:
-    index = 0
     seen_columns: set[str] = set()
+    if data.lstrip()[:1] == b"[":
+        values = _json_array(path, data)
+        if values is not None:
+            for index, raw in enumerate(values):
+                if isinstance(raw, dict):
+                    seen_columns.update(raw)
+                    yield make_row(index, raw, url_col, caption_col)
+                else:
+                    why = f"item {index} of the JSON array: not a JSON object"
+                    yield PairRow(index, None, None, Status.INVALID_ROW, why)
+            if seen_columns and not {url_col, caption_col} <= seen_columns:
+                _check_columns(path, sorted(seen_columns), url_col, caption_col)
+            return
+    index = 0
     for line_no, line in enumerate(data.splitlines(), start=1):
         if not line.strip():
             continue
@@ -291,3 +370,27 @@ def _read_jsonl(path: str, data: bytes, url_col: str, caption_col: str) -> Itera
         index += 1
     if seen_columns and not {url_col, caption_col} <= seen_columns:
         _check_columns(path, sorted(seen_columns), url_col, caption_col)
+
+
+def _json_array(path: str, data: bytes) -> list[Any] | None:
+    """The elements of a file that is one JSON array; None when it is JSON Lines whose first
+    line happens to be an array (read line by line, that line an invalid row). A broken
+    array is refused whole: its rows cannot be told apart."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: a JSON array that is not UTF-8 ({e.reason})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        first = text.lstrip().split("\n", 1)[0]
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:
+            raise InputError(
+                f"{path}: starts a JSON array that does not parse: {e.msg} at line "
+                f"{e.lineno} column {e.colno} (expected one JSON array of objects, "
+                "or JSON Lines: one object per line)"
+            ) from None
+        return None  # JSON Lines: its first line parses on its own
+    return value if isinstance(value, list) else None

@@ -443,24 +443,51 @@ def read_candidates(
     return list(iter_candidates(path, config, counters)), counters
 
 
+WARC_SUFFIXES = (".warc", ".warc.gz", ".wat", ".wat.gz")
+
+
 def expand_paths(
     patterns: Iterable[str], storage_options: dict[str, Any] | None = None
 ) -> list[str]:
-    """Paths and glob patterns (local or fsspec URLs) to a sorted list of file paths.
+    """Paths, folders and glob patterns (local or fsspec URLs) to a list of file paths:
+    a file as given; a folder as its WARC and WAT files (names ending in
+    ``.warc[.gz]``/``.wat[.gz]``, sorted, hidden and ``_``-prefixed files skipped, not
+    recursive); a glob as the files it matches, sorted (folders it matches are skipped).
 
-    A pattern that matches nothing raises ``InputError``: a typo must not produce an empty
-    dataset quietly.
+    A pattern that matches no file raises ``InputError``, on the driver: a typo must not
+    produce an empty dataset quietly, and a folder must not reach a task that cannot open
+    it.
     """
     from fsspec.core import url_to_fs
 
     out: list[str] = []
     for pattern in patterns:
         fs, root = url_to_fs(pattern, **(storage_options or {}))
+        remote = "://" in pattern
+
+        def shown(p: str, fs: Any = fs, remote: bool = remote) -> str:
+            return fs.unstrip_protocol(p) if remote else p
+
         if any(ch in root for ch in "*?["):
-            matches = sorted(fs.glob(root))
+            found = fs.glob(root, detail=True)
+            matches = sorted(p for p, info in found.items() if info.get("type") != "directory")
             if not matches:
                 raise InputError(f"no input file matches {pattern}")
-            out.extend(fs.unstrip_protocol(m) if "://" in pattern else m for m in matches)
+            out.extend(shown(m) for m in matches)
+        elif fs.isdir(root):
+            files = sorted(
+                info["name"]
+                for info in fs.ls(root, detail=True)
+                if info.get("type") == "file"
+                and info["name"].rsplit("/", 1)[-1][:1] not in "._"
+                and info["name"].lower().endswith(WARC_SUFFIXES)
+            )
+            if not files:
+                raise InputError(
+                    f"no WARC or WAT file in folder {pattern}: expected files ending in "
+                    f"{', '.join(WARC_SUFFIXES)}"
+                )
+            out.extend(shown(p) for p in files)
         else:
             if not fs.exists(root):
                 raise InputError(f"input file not found: {pattern}")

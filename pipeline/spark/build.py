@@ -11,10 +11,12 @@ which is checked against those rows before it is written.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -108,15 +110,17 @@ def _clean_partition(rows: Iterator[Row], config: CleanConfig) -> Iterator[Tagge
     from pipeline.curate.records import Candidate
 
     step = CaptionCleaner(config, emit_dropped=True)
-    ids: list[str] = []
+    # The step yields one record per record, in order: each meets its row (candidate_id,
+    # error_message ...) again at the head of this queue.
+    pending: collections.deque[Row] = collections.deque()
 
     def candidates() -> Iterator[Candidate]:
         for r in rows:
-            ids.append(r["candidate_id"])
+            pending.append(r)
             yield Candidate.from_dict(r)
 
-    for i, c in enumerate(step(candidates())):
-        yield "row", {**c.to_dict(), "candidate_id": ids[i]}
+    for c in step(candidates()):
+        yield "row", {**pending.popleft(), **c.to_dict()}
     yield "counters", step.counters.to_dict()
 
 
@@ -128,7 +132,7 @@ def _dedup_partition(rows: Iterable[Row], config: CandidateDedupConfig) -> Itera
     step = CandidateDeduplicator(config, emit_dropped=True)
     ordered = sorted(rows, key=lambda r: r["candidate_id"])
     for r, c in zip(ordered, step(Candidate.from_dict(r) for r in ordered), strict=True):
-        yield "row", {**c.to_dict(), "candidate_id": r["candidate_id"]}
+        yield "row", {**r, **c.to_dict()}
     yield "counters", step.counters.to_dict()
 
 
@@ -214,7 +218,13 @@ def _driver_candidates(
             # One file of several may be empty (a Spark job's empty partition).
             for pr in read_pairs(path, d.url_col, d.caption_col, allow_empty=len(files) > 1):
                 c = candidate_from_pair_row(pr)
-                rows.append({**c.to_dict(), "candidate_id": f"pairs:{path}#{pr.row_index:09d}"})
+                rows.append(
+                    {
+                        **c.to_dict(),
+                        "candidate_id": f"pairs:{path}#{pr.row_index:09d}",
+                        "error_message": pr.error_message,  # why the reader refused it
+                    }
+                )
             counters.add("pairs.files")
         if len(rows) == before:
             raise InputError(f"no rows in any of the {len(files)} pair lists of {given}")
@@ -230,16 +240,13 @@ def _driver_candidates(
 
 
 def check_query_inputs(config: BuildConfig) -> None:
-    """Raise InputError when a local file the query list is read or built from is missing:
-    checked before Spark starts, not minutes later at the query stage."""
+    """Raise InputError when a local file the query list is built from is missing, or the
+    list given to ``--queries`` cannot be read or has the wrong shape: checked before
+    Spark starts, not minutes later at the query stage."""
     from pipeline.curate.queries import missing_wordnet_files
 
     if config.queries:
-        if "://" not in config.queries and not Path(config.queries).is_file():
-            raise InputError(
-                f"query list not found: {config.queries}: give an existing file to --queries, "
-                "or leave it out to build the list"
-            )
+        _load_query_list(config)
         return
     q = config.query
     for flag, paths in (("--corpus-files", q.corpus_files), ("--title-files", q.title_files)):
@@ -255,11 +262,25 @@ def check_query_inputs(config: BuildConfig) -> None:
         )
 
 
-def _query_entries(config: BuildConfig, out: Path) -> list[str]:
-    from pipeline.curate.queries import build_queries, load_queries, query_entries, save_queries
+def _load_query_list(config: BuildConfig) -> tuple[Any, dict[str, int]]:
+    """The list of ``--queries``, normalized as captions are matched, and its counts."""
+    from pipeline.curate.queries import load_query_list
 
-    check_query_inputs(config)  # again: run_build may be called without the job's check
-    table = load_queries(config.queries) if config.queries else build_queries(config.query)
+    try:
+        return load_query_list(config.queries, lowercase=config.match.lowercase)
+    except FileNotFoundError:
+        raise InputError(
+            f"query list not found: {config.queries}: give an existing file to --queries, "
+            "or leave it out to build the list"
+        ) from None
+
+
+def _query_entries(config: BuildConfig, loaded: Any, out: Path) -> list[str]:
+    """The entries in id order; the list used is saved in ``out``. ``loaded``: the table of
+    ``_load_query_list``, or None to build the list."""
+    from pipeline.curate.queries import build_queries, query_entries, save_queries
+
+    table = loaded if loaded is not None else build_queries(config.query)
     save_queries(table, out / "queries.parquet")
     return query_entries(table)
 
@@ -273,6 +294,7 @@ _CANDIDATE_COLUMNS = (
     "caption_source",
     "status",
     "reason",
+    "error_message",  # a pair-list row the reader refused: why (line, field)
 )
 
 
@@ -415,6 +437,13 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
         from pipeline.spark.img2dataset_engine import check_config
 
         check_config(config.download)
+    # The query list's inputs too (run_build may be called without the job's check): a
+    # given list is read now, for use at stage 4.
+    loaded_queries, query_load = None, None
+    if config.queries:
+        loaded_queries, query_load = _load_query_list(config)
+    else:
+        check_query_inputs(config)
     # Tasks run in other working directories: they get absolute paths.
     config = dataclasses.replace(config, output=str(Path(config.output).resolve()))
     out = Path(config.output)
@@ -429,9 +458,10 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
         files = expand_paths(config.warc)
         log(f"extract: {len(files)} WARC/WAT file(s)")
         extract = config.extract
-        warc_rows, warc_counters = _split(
-            sc.parallelize(files, len(files)).flatMap(lambda f: _extract_warc_file(f, extract))
-        )
+        with _input_errors_of_tasks():  # a file a task cannot open: one line, not a trace
+            warc_rows, warc_counters = _split(
+                sc.parallelize(files, len(files)).flatMap(lambda f: _extract_warc_file(f, extract))
+            )
         rdd = rdd.union(warc_rows)
         counters = counters + warc_counters
     # Candidates a reader already refused (bad pair-list rows) are dropped from the start.
@@ -466,8 +496,15 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
     stage.mkdir(parents=True)
 
     # 4. Queries, 5. match and balance
-    entries = _query_entries(config, stage)
+    entries = _query_entries(config, loaded_queries, stage)
     log(f"queries: {len(entries):,} entries")
+    if query_load and (query_load["changed"] or query_load["dropped"] or query_load["repeats"]):
+        log(
+            f"queries: {config.queries}: {query_load['changed']:,} entries normalized as "
+            f"captions are matched (spaces, Unicode NFC{', case' if config.match.lowercase else ''}), "
+            f"{query_load['dropped']:,} dropped (no letter or digit), "
+            f"{query_load['repeats']:,} repeats dropped"
+        )
     matcher = sc.broadcast(Matcher(entries, config.match))
     matched = deduped.mapPartitions(lambda it: _match_partition(it, matcher.value)).cache()
     n_entries = len(entries)
@@ -520,9 +557,14 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
     if selected and config.engine == "img2dataset":
         from pipeline.spark.img2dataset_engine import download_with_img2dataset
 
-        dl = download_with_img2dataset(spark, str(pairs_path), out, config.download)
+        dl = download_with_img2dataset(
+            spark, str(pairs_path), out, config.download, stats_path=out / DOWNLOAD_STATS
+        )
     elif selected:
-        dl = download_on_spark(spark, str(pairs_path), out, config.download)
+        # Not DIR/stats.json: that is the finished build's, written last.
+        dl = download_on_spark(
+            spark, str(pairs_path), out, config.download, stats_path=out / DOWNLOAD_STATS
+        )
     else:
         dl = {"rows": 0, "status_counts": {}, "successes": 0, "shards": 0}
     failed = dl.get("failed_shards") or {}
@@ -561,6 +603,7 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
             "top_entries_before": _top(counts.counts, entries),
             "top_entries_after": _top(kept_counts.counts, entries),
             "max_per_query": config.balance.max_per_query,
+            "list_loaded": query_load,  # a given list: entries normalized, dropped, repeats
         },
         "balance": balance_report,
         "download": {k: v for k, v in dl.items() if k != "config"},
@@ -568,14 +611,34 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
         "elapsed_s": round(time.time() - started, 2),
         "config": dataclasses.asdict(config),
     }
-    write_json_atomic(out / "stats.json", stats)
     from pipeline.stats.card import write_report
 
     write_report(out, funnel, stats, config.sample_sheet)
+    write_json_atomic(out / "stats.json", stats)  # last: it says the dataset is complete
     return stats
 
 
 SELECTION_OUTPUTS = ("queries.parquet", "queries_balance.parquet", "candidates", "selected.parquet")
+# The download stage's merged stats, apart from DIR/stats.json (the finished build's).
+DOWNLOAD_STATS = "download_stats.json"
+# A Python exception of a Spark task, as the driver's error quotes its traceback.
+_TASK_INPUT_ERROR = re.compile(r"^\S*InputError: (.+)$", re.M)
+
+
+@contextlib.contextmanager
+def _input_errors_of_tasks() -> Iterator[None]:
+    """An ``InputError`` raised in a Spark task (a WARC file a worker cannot open) reaches
+    the driver as a Py4J error holding pages of Java and Python traceback; raise it as the
+    ``InputError`` it was, its one line."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as e:
+        found = _TASK_INPUT_ERROR.findall(str(e))
+        if not found:
+            raise
+        raise InputError(found[-1].strip()) from None
 
 
 def _commit_selection(stage: Path, out: Path, config: BuildConfig) -> None:
@@ -589,6 +652,10 @@ def _commit_selection(stage: Path, out: Path, config: BuildConfig) -> None:
     except InputError:
         _remove_stage(stage)
         raise
+    # From here the dataset changes until this build writes its stats.json again: a
+    # finished build's (or a download's, from before download_stats.json) must not
+    # say it is complete meanwhile.
+    (out / "stats.json").unlink(missing_ok=True)
     for name in SELECTION_OUTPUTS:
         old = out / name
         if old.is_dir():
@@ -623,8 +690,15 @@ def _funnel(
 
     clean_drops = clean_counters.with_prefix("clean.drop.")
     dedup_drops = dedup_counters.with_prefix("dedup.drop.")
-    stage_reasons = set(clean_drops) | set(dedup_drops) | {DROP_UNMATCHED, DROP_BALANCED, KEPT}
-    source_drops = {k: v for k, v in reasons.items() if k not in stage_reasons}
+    # Each stage's drops are its own counts; what the rows say beyond them the sources
+    # dropped (a reader's refused rows). Reasons are unique across stages, but were not
+    # always: a reason two stages share still lands in the stage that dropped each row.
+    later = {DROP_UNMATCHED, DROP_BALANCED, KEPT}
+    source_drops = {
+        k: v - clean_drops.get(k, 0) - dedup_drops.get(k, 0)
+        for k, v in reasons.items()
+        if k not in later
+    }
     funnel = Funnel("candidates", n_candidates)
     funnel.add("readable", source_drops)
     funnel.add("cleaned", clean_drops)

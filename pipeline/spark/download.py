@@ -26,12 +26,18 @@ def _run_shard(shard_id: int, output: str, config: DownloadConfig) -> dict[str, 
 
 
 def download_on_spark(
-    spark: Any, input_path: str, output: str | Path, config: DownloadConfig
+    spark: Any,
+    input_path: str,
+    output: str | Path,
+    config: DownloadConfig,
+    stats_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Plan on the driver, download every pending shard in tasks, merge stats on the driver.
 
     Returns the merged stats (as ``engine.merge_stats``) plus this run's timing and any
-    failed shards; also writes DIR/stats.json.
+    failed shards; also writes them to ``stats_path`` (default DIR/stats.json, as the
+    download engine does; the build job, whose DIR/stats.json says its dataset is
+    complete, gives another name).
     """
     from dataclasses import asdict
 
@@ -75,5 +81,5 @@ def download_on_spark(
             "config": asdict(config),
         }
     )
-    write_json_atomic(layout.stats_path, stats)
+    write_json_atomic(Path(stats_path) if stats_path else layout.stats_path, stats)
     return stats

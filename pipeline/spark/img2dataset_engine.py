@@ -153,8 +153,14 @@ def _ledger_and_stats(layout: Any, shard_id: int, plan_rows: list[dict[str, Any]
 
 
 def download_with_img2dataset(
-    spark: Any, input_path: str, output: str | Path, config: DownloadConfig
+    spark: Any,
+    input_path: str,
+    output: str | Path,
+    config: DownloadConfig,
+    stats_path: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Download with img2dataset's pyspark distributor; the merged stats are written to
+    ``stats_path`` (default DIR/stats.json; the build job keeps that name for its own)."""
     check_config(config)  # the build job checks before Spark starts; other callers, here
     from dataclasses import asdict
 
@@ -238,5 +244,5 @@ def download_with_img2dataset(
             "config": asdict(config),
         }
     )
-    write_json_atomic(layout.stats_path, stats)
+    write_json_atomic(Path(stats_path) if stats_path else layout.stats_path, stats)
     return stats

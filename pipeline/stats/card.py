@@ -49,6 +49,16 @@ def write_report(
     share = q.get("share_matched")
     top_before = ", ".join(f"{e} ({n:,})" for e, n in q.get("top_entries_before", [])[:10])
     top_after = ", ".join(f"{e} ({n:,})" for e, n in q.get("top_entries_after", [])[:10])
+    loaded = q.get("list_loaded")  # a given list: what normalizing it changed
+    loaded_line = (
+        [
+            f"- the list given: {loaded['changed']:,} entries normalized as captions are "
+            f"matched, {loaded['dropped']:,} dropped (no letter or digit), "
+            f"{loaded['repeats']:,} repeats dropped"
+        ]
+        if loaded
+        else []
+    )
     lines = [
         f"# Dataset card: {out.name}",
         "",
@@ -70,6 +80,7 @@ def write_report(
         "## Queries",
         "",
         f"- {q.get('entries', 0):,} entries; {q.get('entries_matched', 0):,} matched at least one caption",
+        *loaded_line,
         f"- share of clean, unique pairs that matched a query: {100 * share:.1f}%"
         if share is not None
         else "- no pairs",

@@ -30,6 +30,26 @@ def test_repairs(raw: str | None, clean: str) -> None:
     assert clean_text(raw) == clean
 
 
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        # "&word" without ";" stays as written (HTML5 leaves it literal in an attribute)
+        ("Rules&regulations for kids", "Rules&regulations for kids"),
+        ("Laptops&notebooks on sale", "Laptops&notebooks on sale"),
+        ("Dates&times table", "Dates&times table"),
+        ("Terms &section 5", "Terms &section 5"),
+        ("Caf\u00e9 &not here", "Caf\u00e9 &not here"),  # the ftfy (non-ASCII) path too
+        ("fish &chips;", "fish &chips;"),  # not an entity name
+        # complete entities are unescaped, once
+        ("Tom &amp;amp; Jerry", "Tom &amp; Jerry"),
+        ("Caf&eacute; &amp;lt;b&amp;gt;", "Caf\u00e9 &lt;b&gt;"),
+        ("caf&#233; &#xE9;t&#XE9; &reg;", "caf\u00e9 \u00e9t\u00e9 \u00ae"),
+    ],
+)
+def test_only_complete_entities_are_unescaped_and_only_once(raw: str, clean: str) -> None:
+    assert clean_text(raw) == clean
+
+
 CASES: dict[str | None, list[str]] = {
     None: [
         "a red circle on a blue background",

@@ -95,7 +95,7 @@ def test_dedup_on_url_counts_pair_and_url_duplicates_apart() -> None:
     assert step.counters.with_prefix("dedup.drop.") == {
         "duplicate_pair": 1,
         "duplicate_url": 1,
-        "invalid_url": 1,
+        "unfetchable_url": 1,
     }
     assert step.counters["dedup.in"] == len(ROWS)
 
@@ -104,7 +104,7 @@ def test_dedup_on_url_and_caption_keeps_each_caption_once() -> None:
     rows = [_c(r.url, r.caption) for r in ROWS]
     kept, step = dedup_candidates(rows, CandidateDedupConfig(key="url_caption"))
     assert [c.caption for c in kept] == ["a red circle", "a blue square", "a red circle"]
-    assert step.counters.with_prefix("dedup.drop.") == {"duplicate_pair": 1, "invalid_url": 1}
+    assert step.counters.with_prefix("dedup.drop.") == {"duplicate_pair": 1, "unfetchable_url": 1}
 
 
 def test_emit_dropped_and_url_rewriting() -> None:
@@ -115,7 +115,7 @@ def test_emit_dropped_and_url_rewriting() -> None:
         "duplicate_pair",
         "duplicate_url",
         None,
-        "invalid_url",
+        "unfetchable_url",
     ]
     untouched = _c("HTTP://Example.com/a.jpg", "x y z w")
     list(CandidateDeduplicator(CandidateDedupConfig(rewrite_urls=False))([untouched]))

@@ -17,6 +17,7 @@ from pipeline.curate.queries import (
     build_queries,
     count_corpus,
     load_queries,
+    load_query_list,
     main,
     normalize_entry,
     pmi_bigrams,
@@ -228,6 +229,68 @@ def test_load_metaclip_json_and_text(tmp_path: Path) -> None:
         load_queries(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError):
         load_queries(tmp_path / "absent.parquet")
+
+
+@pytest.mark.parametrize("fmt", ["txt", "json", "parquet"])
+def test_a_loaded_list_is_normalized_as_captions_are_matched(tmp_path: Path, fmt: str) -> None:
+    from pipeline.curate.clean import clean_text
+    from pipeline.curate.match import Matcher
+
+    given = ["dog ", "  cat", "Cafe\u0301", "hot  dog", "Dog", "cat", "***", "", "Cat\u00a0Tree"]
+    path = tmp_path / f"q.{fmt}"
+    if fmt == "txt":
+        path.write_text("\n".join(given) + "\n")
+    elif fmt == "json":
+        path.write_text(json.dumps(given))
+    else:
+        pa.parquet.write_table(pa.table({"entry": given}), path)
+    table, counts = load_query_list(path, lowercase=True)
+    entries = query_entries(table)
+    assert entries == ["dog", "cat", "caf\u00e9", "hot dog", "cat tree"]
+    assert counts == {"entries": 5, "changed": 5, "dropped": 1, "repeats": 2}
+    assert table.schema.names == QUERY_SCHEMA.names and table.num_rows == 5
+    matcher = Matcher(entries)
+    found = {
+        caption: [entries[i] for i in matcher.match(clean_text(caption))]
+        for caption in ("a dog here", "a cat here", "Caf\u00e9 cr\u00e8me", "hot dog stand")
+    }
+    assert found == {
+        "a dog here": ["dog"],
+        "a cat here": ["cat"],
+        "Caf\u00e9 cr\u00e8me": ["caf\u00e9"],
+        "hot dog stand": ["dog", "hot dog"],
+    }
+    # Case is kept when matching keeps it (MetaCLIP's list has "Dog" and "dog").
+    kept_case = query_entries(load_queries(path))
+    assert kept_case == ["dog", "cat", "Caf\u00e9", "hot dog", "Dog", "Cat Tree"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("q.parquet", {"query": ["dog"]}, r"needs an 'entry' column; columns are: query"),
+        ("q.parquet", {"entry": [1, 2]}, r"'entry' column holds int64, not text"),
+        ("q.parquet", b"PAR1 not parquet", r"cannot read the query list .*q.parquet: "),
+        ("q.json", '{"a": 1}', r"a JSON query list must be a list of strings"),
+        ("q.json", '["dog", 3]', r"a JSON query list must be a list of strings"),
+        ("q.json", '["dog",', r"cannot read the query list .*q.json: JSONDecodeError"),
+    ],
+)
+def test_an_unusable_list_is_one_input_error(
+    tmp_path: Path, name: str, content: object, message: str
+) -> None:
+    from pipeline.sources.pairs import InputError
+
+    path = tmp_path / name
+    if isinstance(content, dict):
+        pa.parquet.write_table(pa.table(content), path)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    with pytest.raises(InputError, match=message) as raised:
+        load_queries(path)
+    assert "\n" not in str(raised.value)
 
 
 def test_config_errors() -> None:

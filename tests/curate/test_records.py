@@ -37,3 +37,16 @@ def test_pair_rows_enter_the_funnel_with_their_status() -> None:
         PairRow(1, None, None, Status.INVALID_ROW, "line 3: invalid JSON")
     )
     assert (bad.status, bad.reason) == ("dropped", "invalid_row")
+
+
+def test_every_drop_reason_names_one_stage() -> None:
+    # An enum silently makes a repeated value an alias: a reason shared by two stages (the
+    # reader's invalid_url was also candidate dedup's) would count in the wrong stage.
+    from pipeline.curate.dedup_candidates import CandidateDeduplicator
+    from pipeline.curate.records import DropReason
+
+    assert len({r.value for r in DropReason}) == len(DropReason.__members__)
+    reader = {Status.INVALID_ROW, Status.INVALID_URL, Status.INVALID_CAPTION}
+    step = CandidateDeduplicator(emit_dropped=True)
+    dropped = list(step([Candidate("ftp://a.test/x.jpg", "a caption", "given", None, "pairs")]))
+    assert dropped[0].reason == "unfetchable_url" and dropped[0].reason not in reader

@@ -25,6 +25,15 @@ def test_exact_duplicates_point_at_the_smallest_key() -> None:
     ]
 
 
+def test_rows_without_a_digest_are_never_exact_duplicates() -> None:
+    # A ledger written without hashes (img2dataset without compute_hash) has null sha256:
+    # those images are not copies of each other, and a generator is read whole.
+    rows = [("000000001", None), ("000000002", None), ("000000003", ""), ("000000004", "ab")]
+    assert exact_duplicates(rows) == []
+    dups = exact_duplicates(iter([*rows, ("000000005", "ab")]))
+    assert [(d.key, d.duplicate_of, d.kind) for d in dups] == [("000000005", "000000004", "exact")]
+
+
 def test_near_duplicates_group_transitively_and_keep_the_smallest_key() -> None:
     # a~b at distance 1, b~c at distance 1 (a~c at 2): one group with radius 1.
     a = np.zeros(8, np.uint8)

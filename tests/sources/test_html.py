@@ -187,6 +187,58 @@ def test_decoding_follows_bom_http_charset_meta_then_utf8_then_cp1252() -> None:
     assert decode_html(text.encode("utf-8"), "text/html; charset=no-such-codec") == text
 
 
+@pytest.mark.parametrize(
+    ("label", "caption", "encoding"),
+    [
+        # labels a browser reads as a superset; pages so labelled use its extra characters
+        ("Shift_JIS", "\u732b\u306e\u5199\u771f\u2460", "cp932"),  # NEC circled digit
+        ("sjis", "\u2170\u732b", "cp932"),  # small roman numeral (IBM extension)
+        ("gb2312", "\u732b\u54aa \u9555", "gbk"),  # a GBK-only Han character
+        ("GBK", "\u732b \u20ac", "gb18030"),
+        ("euc-kr", "\uace0\uc591\uc774 \ub620\ubc29\uac01\ud558", "cp949"),  # UHC syllable
+        ("big5", "\u7e8d\u8c93", "big5hkscs"),  # an HKSCS character
+        ("iso-8859-9", "\u0130stanbul \u20ac", "cp1254"),  # the euro of windows-1254
+        ("tis-620", "\u0e41\u0e21\u0e27 \u20ac", "cp874"),
+        ("iso-8859-1", "caf\u00e9 \u2019s \u20ac", "cp1252"),
+        ("us-ascii", "\u201ccaf\u00e9\u201d", "cp1252"),
+    ],
+)
+def test_legacy_charset_labels_decode_as_a_browser_does(
+    label: str, caption: str, encoding: str
+) -> None:
+    doc = f'<meta charset="{label}"><img src="a.jpg" alt="{caption}">'.encode(encoding)
+    found, _ = _extract(doc)
+    assert found == [("https://site.test/dir/a.jpg", caption, "alt")]
+    http = f'<img src="a.jpg" alt="{caption}">'.encode(encoding)
+    assert decode_html(http, f"text/html; charset={label}") == http.decode(encoding)
+
+
+def test_a_label_that_is_no_encoding_is_ignored() -> None:
+    # Python knows "zlib" and "rot13" as codecs, a browser as nothing: UTF-8 then.
+    text = "<img src=a.jpg alt='caf\u00e9'>"
+    for label in ("zlib", "rot13", "base64", "unicode_escape"):
+        assert decode_html(text.encode(), f"text/html; charset={label}") == text
+        assert (
+            decode_html(f"<meta charset={label}>{text}".encode()) == f"<meta charset={label}>{text}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("src", "expected"),
+    [
+        ("images\\photo.jpg", "https://site.test/dir/images/photo.jpg"),
+        ("\\images\\photo.jpg", "https://site.test/images/photo.jpg"),
+        ("\\\\cdn.example.org\\a.jpg", "https://cdn.example.org/a.jpg"),
+        ("http:\\\\other.example\\x\\a.jpg", "http://other.example/x/a.jpg"),
+        ("..\\up\\a.jpg", "https://site.test/up/a.jpg"),
+        ("a.jpg?q=x\\y", "https://site.test/dir/a.jpg?q=x\\y"),  # not in the query
+    ],
+)
+def test_backslashes_are_slashes_as_in_a_browser(src: str, expected: str) -> None:
+    found, _ = _extract(f'<img src="{src}" alt="a caption">')
+    assert found == [(expected, "a caption", "alt")]
+
+
 def test_links_are_absolute_without_fragments_and_skip_nofollow() -> None:
     doc = """<a href="b.html#top">b</a><a href="b.html">again</a><a href="mailto:x@y">m</a>
     <a href="/c" rel="nofollow noopener">c</a><area href="https://o.test/d"><a>no href</a>"""

@@ -237,3 +237,114 @@ def test_unusable_folders_and_globs_are_one_error(
             _write(folder / name, ROWS, fmt)
     with pytest.raises(InputError, match=message):
         read_inputs(str(tmp_path / given))
+
+
+def test_tsv_has_no_quoting_every_line_is_one_row(tmp_path: Path) -> None:
+    path = tmp_path / "q.tsv"
+    path.write_text(
+        "url\tcaption\n"
+        'http://a.test/1.jpg\t"Best of" collection\n'
+        'http://a.test/2.jpg\t"Untitled\n'
+        "http://a.test/3.jpg\tthird\n"
+        'http://a.test/4.jpg\t5" screen, "quoted"\n'
+    )
+    rows = read_pairs(str(path))
+    assert [(r.url, r.caption, r.status) for r in rows] == [
+        ("http://a.test/1.jpg", '"Best of" collection', None),
+        ("http://a.test/2.jpg", '"Untitled', None),
+        ("http://a.test/3.jpg", "third", None),
+        ("http://a.test/4.jpg", '5" screen, "quoted"', None),
+    ]
+
+
+def test_a_broken_csv_quote_is_an_invalid_row_and_the_lines_after_it_are_read(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "q.csv"
+    path.write_text(
+        "url,caption\n"
+        'http://a.test/1.jpg,"a caption, with a comma and a\nline break"\n'  # valid CSV
+        'http://a.test/2.jpg,"unclosed\n'  # closed by the quote on the line after next
+        "http://a.test/3.jpg,third\n"
+        'http://a.test/4.jpg,"Best of" collection\n'  # text after the closing quote
+        "http://a.test/5.jpg,fifth\n"
+        'http://a.test/6.jpg,"never closed\n'
+        "http://a.test/7.jpg,seventh\n"
+    )
+    rows = read_pairs(str(path))
+    assert [(r.row_index, r.url, r.caption, r.status) for r in rows] == [
+        (0, "http://a.test/1.jpg", "a caption, with a comma and a\nline break", None),
+        (1, None, None, Status.INVALID_ROW),
+        (2, "http://a.test/3.jpg", "third", None),
+        (3, None, None, Status.INVALID_ROW),
+        (4, "http://a.test/5.jpg", "fifth", None),
+        (5, None, None, Status.INVALID_ROW),
+        (6, "http://a.test/7.jpg", "seventh", None),
+    ]
+    assert rows[1].error_message.startswith("line 4: ")
+    assert "not closed" in rows[1].error_message
+    assert rows[3].error_message.startswith("line 6: ")
+    assert rows[5].error_message.startswith("line 8: ")
+
+
+@pytest.mark.parametrize("name", ["pairs.json", "pairs.jsonl"])
+@pytest.mark.parametrize("indent", [None, 1])
+def test_a_json_array_of_objects_is_read_as_rows(
+    tmp_path: Path, name: str, indent: int | None
+) -> None:
+    items = [*ROWS, "not an object"]
+    path = tmp_path / name
+    path.write_text(json.dumps(items, indent=indent) + "\n")  # pandas' to_json, one line
+    rows = read_pairs(str(path))
+    assert [(r.row_index, r.url, r.caption, r.status) for r in rows] == [
+        (0, ROWS[0]["url"], ROWS[0]["caption"], None),
+        (1, ROWS[1]["url"], ROWS[1]["caption"], None),
+        (2, None, None, Status.INVALID_ROW),
+    ]
+    assert rows[0].extra == {"license": "cc0"}
+    assert rows[2].error_message == "item 2 of the JSON array: not a JSON object"
+
+
+def test_a_broken_json_array_is_one_error_and_json_lines_starting_with_an_array_are_lines(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('[\n {"url": "http://a.test/1.jpg", "caption": "one"},\n {"url": \n')
+    with pytest.raises(InputError, match=r"broken.json: starts a JSON array that does not parse"):
+        read_pairs(str(broken))
+    lines = tmp_path / "lines.jsonl"
+    lines.write_text('[1, 2]\n{"url": "http://a.test/1.jpg", "caption": "one"}\n')
+    assert [r.status for r in read_pairs(str(lines))] == [Status.INVALID_ROW, None]
+    with pytest.raises(InputError, match=r"column 'url' not found"):
+        (tmp_path / "cols.json").write_text('[{"link": "http://a.test/1.jpg", "caption": "c"}]')
+        read_pairs(str(tmp_path / "cols.json"))
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
+def test_a_compressed_list_cut_short_is_one_error(tmp_path: Path, suffix: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    lines = (f"http://a.test/{i}.jpg,dog {i * 7919 % 10007}\n" for i in range(20000))
+    data = ("url,caption\n" + "".join(lines)).encode()
+    compress = {
+        ".gz": gzip.compress,
+        ".bz2": bz2.compress,
+        ".xz": lzma.compress,
+        ".zst": zstandard.ZstdCompressor().compress,
+    }[suffix]
+    path = tmp_path / f"t.csv{suffix}"
+    whole = compress(data)
+    path.write_bytes(whole[: len(whole) // 2])  # rows lost, unless an error says so
+    with pytest.raises(InputError, match=rf"cannot read {path}: "):
+        read_pairs(str(path))
+    with pytest.raises(InputError, match=rf"cannot read {path}: "):
+        read_inputs(str(path))
+    # Whole members (gzip members, bz2 streams, xz streams, zstd frames) one after the
+    # other are one file, read whole.
+    path.write_bytes(whole + compress(b"http://a.test/last.jpg,one more\n"))
+    rows = read_pairs(str(path))
+    assert len(rows) == 20001 and rows[-1].url == "http://a.test/last.jpg"

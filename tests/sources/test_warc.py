@@ -391,6 +391,23 @@ def test_unreadable_paths_raise_a_clear_error_and_globs_expand(tmp_path: Path) -
         expand_paths([str(tmp_path / "nope.warc")])
 
 
+def test_a_folder_is_its_warc_and_wat_files_and_a_glob_skips_folders(tmp_path: Path) -> None:
+    crawl = tmp_path / "crawl"
+    (crawl / "sub.warc.gz").mkdir(parents=True)  # a folder, whatever its name
+    for name in ("b.warc.gz", "a.warc", "c.wat.gz", "d.warc.wat.gz", "_SUCCESS", ".x.warc.gz"):
+        (crawl / name).write_bytes(b"")
+    (crawl / "notes.txt").write_text("not a WARC")
+    expected = [str(crawl / n) for n in ("a.warc", "b.warc.gz", "c.wat.gz", "d.warc.wat.gz")]
+    assert expand_paths([str(crawl)]) == expected
+    assert expand_paths([str(crawl) + "/"]) == expected
+    assert expand_paths([str(crawl / "[a-z]*.warc.gz")]) == [str(crawl / "b.warc.gz")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"no WARC or WAT file in folder .*empty: expected"):
+        expand_paths([str(tmp_path / "empty")])
+    with pytest.raises(InputError, match="no input file matches"):
+        expand_paths([str(crawl / "sub*")])
+
+
 def test_zlib_bomb_output_is_bounded_per_call() -> None:
     # 8 MB of zeros in ~8 KB: decompressed in bounded pieces, never in one allocation.
     bomb = zlib.compressobj(9, zlib.DEFLATED, 31)

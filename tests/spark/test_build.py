@@ -345,3 +345,124 @@ def test_a_failed_shard_stops_the_build_naming_it_and_a_rerun_finishes(
     again = run_build(spark, _config(web, out), log=lambda m: None)
     assert again["funnel"] == stats["funnel"]
     assert layout.is_committed(1)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("q.parquet", {"query": ["dog"]}, "needs an 'entry' column; columns are: query"),
+        ("q.json", '{"dog": 1}', "a JSON query list must be a list of strings"),
+        ("q.parquet", b"PAR1 damaged", "cannot read the query list"),
+    ],
+)
+@pytest.mark.usefixtures("no_spark")
+def test_job_unusable_query_list_is_one_error_line_before_spark(
+    name: str, content: object, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import pyarrow as pa
+
+    path = tmp_path / name
+    if isinstance(content, dict):
+        pq.write_table(pa.table(content), path)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    code = build_job().main(
+        ["--pairs", "x.parquet", "--output", str(tmp_path / "out"), "--queries", str(path)]
+    )
+    assert code == 2  # not SparkWouldStart: refused before Spark
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and str(path) in err
+    assert expected in err
+
+
+def test_a_pair_list_with_empty_and_unfetchable_urls_builds_each_drop_in_its_stage(
+    spark, web, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+
+    good = [r for r in web.pair_rows() if r["fault"] is None][:3]
+    pairs = tmp_path / "pairs.csv"
+    with pairs.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["url", "caption"])
+        w.writerows([r["url"], r["caption"]] for r in good)
+        w.writerow(["", "a gradient with no url"])  # the reader: invalid_url
+        w.writerow(["ftp://127.0.0.1/b.jpg", "a gradient over ftp"])  # dedup: unfetchable
+        w.writerow(["http://127.0.0.1/c.jpg", "a gradient", "a third field"])  # invalid_row
+    queries = tmp_path / "queries.txt"
+    queries.write_text("Gradient \n\n***\n")  # normalized as captions are matched
+    out = tmp_path / "ds"
+    cfg = dataclasses.replace(
+        _config(web, out), crawl=(), pairs=(str(pairs),), queries=str(queries)
+    )
+
+    # A build that dies after the download (here in image dedup) leaves no stats.json:
+    # only a finished build writes it. The download's own stats are apart.
+    def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed in image dedup")
+
+    monkeypatch.setattr("pipeline.spark.dedup.dedup_on_spark", crash)
+    with pytest.raises(RuntimeError, match="killed in image dedup"):
+        run_build(spark, cfg, log=lambda m: None)
+    assert not (out / "stats.json").exists()
+    partial = json.loads((out / "download_stats.json").read_text())
+    assert partial["rows"] == 3 and "funnel" not in partial
+    monkeypatch.undo()
+
+    stats = run_build(spark, cfg, log=lambda m: None)  # the same rerun finishes
+    stages = {s["name"]: s for s in stats["funnel"]["stages"]}
+    assert stats["funnel"]["start"]["count"] == 6
+    assert stages["readable"]["drops"] == {"invalid_url": 1, "invalid_row": 1}
+    assert stages["unique"]["drops"] == {"unfetchable_url": 1}
+    assert stages["balanced"]["count"] == 3
+    loaded = {"entries": 1, "changed": 1, "dropped": 1, "repeats": 0}
+    assert stats["queries"]["list_loaded"] == loaded
+    assert "- the list given: 1 entries normalized" in (out / "README.md").read_text()
+    assert json.loads((out / "stats.json").read_text())["funnel"] == stats["funnel"]
+    why = {r["reason"]: r["error_message"] for r in _candidates(out) if r["status"] != "kept"}
+    assert why == {
+        "invalid_url": "url is empty",
+        "unfetchable_url": None,
+        "invalid_row": "line 7: 3 fields, header has 2",
+    }
+
+
+def test_a_warc_file_a_task_cannot_open_is_one_input_error(spark, web, tmp_path: Path) -> None:
+    import fsspec
+
+    # In the driver's memory only: the driver lists it, the Spark task cannot open it.
+    with fsspec.open("memory://wit-tests/gone.warc.gz", "wb") as f:
+        f.write(b"")
+    cfg = dataclasses.replace(
+        _config(web, tmp_path / "ds"), crawl=(), warc=("memory://wit-tests/gone.warc.gz",)
+    )
+    try:
+        with pytest.raises(InputError) as raised:
+            run_build(spark, cfg, log=lambda m: None)
+    finally:
+        fsspec.filesystem("memory").rm("/wit-tests", recursive=True)
+    assert str(raised.value) == "input file not found: memory://wit-tests/gone.warc.gz"
+
+
+def test_a_reason_two_stages_share_is_counted_in_each_stage_that_dropped_rows() -> None:
+    # Before unfetchable_url, candidate dedup dropped under the reader's invalid_url: the
+    # funnel lost the reader's rows and the build crashed at its very end.
+    from pipeline.spark.build import _funnel
+    from pipeline.stats.counters import Counters
+
+    dedup = Counters()
+    dedup.add("dedup.drop.invalid_url")
+    funnel = _funnel(
+        3,
+        {"kept": 1, "invalid_url": 2},
+        Counters(),
+        dedup,
+        {"successes": 1, "status_counts": {"success": 1}},
+        {"exact": 0, "near": 0, "final": 1},
+    )
+    stages = {s.name: s for s in funnel.stages}
+    assert stages["readable"].drops == {"invalid_url": 1}
+    assert stages["unique"].drops == {"invalid_url": 1}
+    assert stages["balanced"].count == 1
