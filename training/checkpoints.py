@@ -28,6 +28,11 @@ class Position:
     batch: int
     skipped_steps: int = 0
     batches_per_epoch: int | None = None
+    # The epoch of ``batch``: readers per rank it is dealt to, and per rank the samples
+    # each reader had taken of it (undecodable ones too); None: not recorded.
+    readers_per_rank: int | None = None
+    reader_offsets: list[list[int]] | None = None
+    world_size: int | None = None
 
 
 def checkpoint_state(
@@ -55,6 +60,9 @@ def checkpoint_state(
             "epoch": position.step // per_epoch,
             "step_in_epoch": position.step % per_epoch,
             "batches_per_epoch": position.batches_per_epoch,
+            "readers_per_rank": position.readers_per_rank,
+            "reader_offsets": position.reader_offsets,
+            "world_size": position.world_size,
         },
         "skipped_steps": position.skipped_steps,
         **extra,
@@ -101,6 +109,9 @@ def restore(
         batch=data["next_batch"],  # the data continue where they stopped
         skipped_steps=ckpt.get("skipped_steps", 0),
         batches_per_epoch=data.get("batches_per_epoch"),
+        readers_per_rank=data.get("readers_per_rank"),
+        reader_offsets=data.get("reader_offsets"),
+        world_size=data.get("world_size"),
     )
 
 
@@ -154,6 +165,8 @@ class Recorded:
     options: dict[str, Any]
     model: str | None
     step: int
+    loss: float | None = None  # the last step's loss (the global batch's)
+    data_counts: dict[str, int] | None = None  # the stream's counts so far, all ranks
 
 
 def recorded(path: Path) -> Recorded:
@@ -167,7 +180,22 @@ def recorded(path: Path) -> Recorded:
     except Exception as e:  # a torn or foreign file: torch raises many types
         raise CheckpointError(f"--resume {path}: not a readable checkpoint ({e})") from None
     options = dict(ckpt.get("args", {}))
-    return Recorded(options, ckpt.get("model_name", options.get("model")), step)
+    return Recorded(
+        options,
+        ckpt.get("model_name", options.get("model")),
+        step,
+        ckpt.get("last_loss"),
+        ckpt.get("data_counts"),
+    )
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Removes the temporary files of saves that were killed mid-write (a run folder
+    holds one run, and it is starting: no save of it is under way); returns them."""
+    stale = sorted(folder.glob(".step_*.pt.*.tmp")) if folder.is_dir() else []
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

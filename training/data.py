@@ -1,30 +1,29 @@
 """Training data: a stream of (image, caption) batches over tar shards.
 
-Shards (ours or img2dataset's, by folder or brace pattern) are split across ranks and
-DataLoader workers; each worker reads only its own shards, so no sample is read twice in
-an epoch. Each epoch deals the shards anew (seeded by seed and epoch). With ``resample``
-every worker instead draws shards from the whole list with replacement (open_clip's
-``--dataset-resampled``), so a few shards can feed many readers. Problems that would
-otherwise hang a run (too few shards for ranks x workers, nothing usable to train on)
-fail before any worker starts.
+Shards (ours or img2dataset's, by folder or brace pattern) are laid end to end in an
+order drawn per epoch from the seed, and the samples dealt out in ranges, one per rank
+and reader (DataLoader worker slot), sized by the batches each makes: no sample is read
+twice in an epoch, whatever the shard sizes. With ``resample`` every reader instead draws
+whole shards with replacement (open_clip's ``--dataset-resampled``). Data that could hang
+a run (nothing usable to train on) fails before any worker starts.
 
 Batches are formed inside the workers (the DataLoader runs with ``batch_size=None``), so
-global batch ``b`` always comes from reader ``b % workers`` (the shards and shuffle of
-one worker slot) and belongs to epoch ``b // batches_per_epoch``. That makes the data
-position a single number: a resumed run tells each worker which reader it plays and where
-to start, and the skip inside the epoch reads tar bytes without decoding any image.
+global batch ``b`` always comes from reader ``b % readers`` and belongs to epoch
+``b // batches_per_epoch``, and every batch is full: a sample that fails is replaced by the
+next. The data position is the next batch and, for the epoch in progress, how many
+samples each reader had taken: a resumed run skips those (reading tar bytes without
+decoding any image) and goes on with the same batches.
 """
 
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow.parquet as pq
 from braceexpand import braceexpand
@@ -45,44 +44,67 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def resolve_shards(spec: str) -> list[Path]:
-    """Shards named by a folder, a single tar, or a brace pattern; ``::`` joins several."""
+    """Shards named by a folder, a single tar, or a brace pattern (of tars or of folders);
+    ``::`` joins several."""
     shards: list[Path] = []
     for part in spec.split("::"):
         if "{" in part:
             paths = [Path(p) for p in expand_braces(part)]
-            missing = [str(p) for p in paths if not p.is_file()]
+            missing = [str(p) for p in paths if not p.exists()]
             if missing:
                 raise TrainDataError(
-                    f"--train-data {part}: {len(missing)} of {len(paths)} shards missing, "
-                    f"first {missing[0]}"
+                    f"--train-data {part}: {len(missing)} of {len(paths)} shards or folders "
+                    f"missing, first {missing[0]}"
                 )
-            shards.extend(paths)
+            for p in paths:
+                if p.is_dir():  # a pattern of folders names their shards
+                    shards.extend(_find(str(p)))
+                else:
+                    shards.append(p)
         else:
-            try:
-                shards.extend(find_shards(part))
-            except ShardReadError as e:
-                raise TrainDataError(str(e)) from None
+            shards.extend(_find(part))
     if not shards:
         raise TrainDataError(f"--train-data {spec}: no shards")
     return shards
 
 
-def count_samples(shard: Path) -> int:
+def _find(part: str) -> list[Path]:
+    try:
+        return find_shards(part)
+    except ShardReadError as e:
+        raise TrainDataError(str(e)) from None
+
+
+def count_samples(shard: Path, notes: list[str] | None = None) -> int:
     """Samples in a shard from its stats JSON or Parquet (both writers leave them);
-    a bare tar is counted by reading its headers, so no count is ever a required flag."""
+    a bare tar is counted by reading its headers, so no count is ever a required flag.
+    A side file that cannot be read is passed over for the next source, said in ``notes``."""
     stem = shard.with_suffix("")
     stats_path = stem.parent / f"{stem.name}_stats.json"
     if stats_path.is_file():
-        stats = json.loads(stats_path.read_text())
-        if isinstance(stats.get("successes"), int):
+        try:
+            stats = json.loads(stats_path.read_text())
+        except (OSError, ValueError) as e:  # torn or not JSON (UnicodeDecodeError too)
+            stats = None
+            _note(notes, f"{stats_path}: not readable JSON ({e}); counted another way")
+        if isinstance(stats, dict) and isinstance(stats.get("successes"), int):
             return stats["successes"]
     parquet = shard.with_suffix(".parquet")
     if parquet.is_file():
-        table = pq.read_table(parquet, columns=None)
-        if "status" in table.column_names:
-            return sum(1 for s in table.column("status").to_pylist() if s == "success")
-        return table.num_rows
+        try:
+            names = pq.read_schema(parquet).names
+            if "status" in names:
+                status = pq.read_table(parquet, columns=["status"]).column("status")
+                return sum(1 for s in status.to_pylist() if s == "success")
+            return pq.ParquetFile(parquet).metadata.num_rows
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            _note(notes, f"{parquet}: not a readable Parquet file ({e}); the tar is counted")
     return sum(1 for _ in iter_shard(shard))
+
+
+def _note(notes: list[str] | None, text: str) -> None:
+    if notes is not None:
+        notes.append(text)
 
 
 # The column holding training keys in the files --exclude reads: ``key`` in the build's
@@ -186,16 +208,36 @@ def load_exclusions(
     )
 
 
+class Segment(NamedTuple):
+    """Usable samples ``start`` to ``stop`` of a shard (``stop`` None: to its end),
+    counted in tar order over the samples its exclusions leave."""
+
+    shard: Path
+    start: int
+    stop: int | None
+
+
 @dataclass(frozen=True)
 class DataPlan:
-    """What the main process decided before any worker starts."""
+    """What the main process decided before any worker starts.
 
-    shards: tuple[Path, ...]
-    samples: int  # usable samples in all shards, before exclusion
+    Every epoch lays the shards end to end in an order drawn from (seed, epoch), the same
+    on every rank, and deals that sequence of samples out in contiguous ranges: one per
+    rank, then one per reader of the rank, sized by the batches the reader makes in that
+    epoch. So every reader holds its share of samples whatever the shard sizes are, and
+    an epoch reads each usable sample once (when the counts are right: see ``ShardStream``
+    for what happens when they are not). Readers may share a shard: each reads it from the
+    start (tar bytes, no decoding) to the end of its range."""
+
+    shards: tuple[Path, ...]  # shards with samples in them
+    samples: int  # usable samples: the counts, less the exclusions known per shard
     rank: int
     world_size: int
     workers: int
     resample: bool = False  # draw shards with replacement instead of splitting them
+    counts: tuple[int, ...] = ()  # per shard; empty: equal counts of samples // shards
+    notes: tuple[str, ...] = ()  # what the start-up lines should tell
+    empty_shards: int = 0  # shards left out: no samples (or all of them excluded)
 
     @property
     def readers(self) -> int:
@@ -206,33 +248,101 @@ class DataPlan:
         is dropped). Zero when the data holds less than one global batch."""
         return self.samples // (batch_size * self.world_size)
 
-    def shards_for(self, worker: int, epoch: int = 0, seed: int = 0) -> tuple[Path, ...]:
-        """This rank's worker's shards in ``epoch``. The whole list is permuted by (seed,
-        epoch) first, identically on every rank, so the readers stay disjoint while each
-        epoch deals them different shards."""
-        order = list(self.shards)
+    def _counts(self) -> tuple[int, ...]:
+        if self.counts:
+            return self.counts
+        n = len(self.shards)
+        return tuple(self.samples // n + (i < self.samples % n) for i in range(n))
+
+    def excluding(self, exclude: Exclusions) -> DataPlan:
+        """The plan less the keys ``exclude`` names per shard (taken off that shard's
+        count; keys it leaves out everywhere are not known per shard and stay counted).
+        Shards left with nothing are dropped."""
+        if not exclude.by_shard:
+            return self
+        counts = [
+            max(0, c - len(exclude.in_shard(s)))
+            for s, c in zip(self.shards, self._counts(), strict=True)
+        ]
+        total = sum(counts)
+        if total == 0:
+            raise TrainDataError(
+                f"--exclude leaves none of the {self.samples} samples in the shards to train on"
+            )
+        kept = [(s, c) for s, c in zip(self.shards, counts, strict=True) if c > 0]
+        notes = list(self.notes)
+        if len(kept) < len(self.shards):
+            notes.append(f"{len(self.shards) - len(kept)} shard(s) wholly excluded: not read")
+        return replace(
+            self,
+            shards=tuple(s for s, _ in kept),
+            counts=tuple(c for _, c in kept),
+            samples=total,
+            notes=tuple(notes),
+            empty_shards=self.empty_shards + len(self.shards) - len(kept),
+        )
+
+    def segments(
+        self,
+        reader: int,
+        epoch: int = 0,
+        seed: int = 0,
+        readers_per_rank: int | None = None,
+        weights: list[int] | None = None,
+    ) -> tuple[Segment, ...]:
+        """This rank's reader's samples in ``epoch``: its range of the epoch's sequence,
+        as pieces of shards. ``weights``: each reader's share (its batches in the epoch),
+        equal by default."""
+        per_rank = readers_per_rank or max(1, self.workers)
+        weights = weights or [1] * per_rank
+        order = list(range(len(self.shards)))
         random.Random(hash((seed, epoch))).shuffle(order)
-        slot = self.rank * max(1, self.workers) + worker
-        return tuple(order[slot :: self.readers])
+        counts = self._counts()
+        a = self.samples * self.rank // self.world_size
+        c = self.samples * (self.rank + 1) // self.world_size
+        total, before = sum(weights), sum(weights[:reader])
+        lo = a + (c - a) * before // total
+        hi = a + (c - a) * (before + weights[reader]) // total
+        out, pos = [], 0
+        for i in order:
+            s0, s1 = pos, pos + counts[i]
+            pos = s1
+            x, y = max(lo, s0), min(hi, s1)
+            if x < y:
+                # The piece reaching a shard's end reads to its end: a low count loses none.
+                out.append(Segment(self.shards[i], x - s0, None if y == s1 else y - s0))
+        return tuple(out)
+
+    def shards_for(self, worker: int, epoch: int = 0, seed: int = 0) -> tuple[Path, ...]:
+        """The shards this rank's worker reads from in ``epoch`` (equal shares)."""
+        return tuple(s.shard for s in self.segments(worker, epoch, seed))
 
 
 def plan_data(
     spec: str, rank: int = 0, world_size: int = 1, workers: int = 0, resample: bool = False
 ) -> DataPlan:
     shards = resolve_shards(spec)
-    slots = world_size * max(1, workers)
-    if len(shards) < slots and not resample:
-        raise TrainDataError(
-            f"--train-data {spec}: {len(shards)} shard(s) for {world_size} rank(s) x "
-            f"{max(1, workers)} worker(s) = {slots} readers; every reader needs at least one "
-            f"shard: lower --workers to {max(0, len(shards) // world_size)}, write more shards, "
-            "or pass --resample"
-        )
-    counts = [count_samples(s) for s in shards]
+    notes: list[str] = []
+    counts = [count_samples(s, notes) for s in shards]
     total = sum(counts)
     if total == 0:
         raise TrainDataError(f"--train-data {spec}: {len(shards)} shard(s) but zero usable samples")
-    return DataPlan(tuple(shards), total, rank, world_size, workers, resample)
+    # img2dataset writes a shard whose every URL failed, with no sample: nothing to deal.
+    empty = [s for s, c in zip(shards, counts, strict=True) if c == 0]
+    if empty:
+        notes.append(f"{len(empty)} shard(s) with no samples skipped (first {empty[0]})")
+    kept = [(s, c) for s, c in zip(shards, counts, strict=True) if c > 0]
+    return DataPlan(
+        tuple(s for s, _ in kept),
+        total,
+        rank,
+        world_size,
+        workers,
+        resample,
+        tuple(c for _, c in kept),
+        tuple(notes),
+        len(empty),
+    )
 
 
 def decode_image(sample: TrainSample, draft_side: int | None = None) -> Any:
@@ -304,14 +414,50 @@ def to_model_input(images: Any, device: Any, normalize: DeviceNormalize | None) 
     return normalize(images, device)
 
 
+class _Tally:
+    """The damage counts of one reader: into ``stats`` while it reads its own range,
+    elsewhere (reading up to its range, or past a resume point again) into nothing."""
+
+    def __init__(self, stats: Counters) -> None:
+        self.stats = stats
+        self.in_range = True
+        self.skipping = False
+
+    def add(self, name: str, n: int = 1) -> None:
+        if self.in_range and not self.skipping:
+            self.stats.add(name, n)
+
+
+@dataclass
+class _Reader:
+    """One reader's pass over its samples in one epoch, and how far it has got."""
+
+    index: int
+    tally: _Tally
+    samples: Generator[TrainSample, None, None] | None = None
+    taken: int = 0  # samples taken from ``samples`` this epoch (decodable or not)
+    passes: int = 0  # complete passes over its range
+
+
 class ShardStream(IterableDataset):
     """An endless stream of batches for one rank: an ``IterableDataset`` for DataLoader.
 
     Epochs are global: ``epoch_batches`` steps (default: the plan's samples // global
-    batch) make one epoch, and each worker yields its round-robin share of them from that
-    epoch's pass over its shards, then starts the next epoch reshuffled. A worker whose
-    shards run out before its share (uneven shards, excluded keys) starts another pass
-    within the epoch; what is left of a pass when the share is met is dropped.
+    batch) make one epoch. Each rank has ``readers`` readers in an epoch (default: one per
+    DataLoader worker); batch ``b`` is reader ``b % readers``'s, and each reader holds a
+    range of the epoch's samples sized for its batches (``DataPlan.segments``). A batch
+    always holds ``batch_size`` distinct samples: one that fails to decode, has no caption,
+    or is already in the batch is passed over (counted) and the next one taken, so every
+    rank's batches are the same size and a batch is never skipped. A reader whose range
+    runs out before its batches do (a count above the samples really there, damage, keys
+    left out everywhere) reads its range again, reshuffled, for the rest of the epoch.
+
+    A DataLoader of ``W`` workers asks them in turn: worker ``w`` plays the readers
+    ``r % W == w`` (``W`` divides ``readers``), so the data of batch ``b`` do not depend on
+    ``W``. A resumed stream starts at ``start_batch``; ``start_offsets`` (reader -> samples
+    it had taken in that epoch, as the checkpoint records them) and ``start_readers`` (the
+    readers that epoch was dealt to) say where each reader stood, and the skip reads tar
+    bytes without decoding any image. ``stop_batch``: the stream ends there.
 
     ``draft_side``: JPEGs are decoded at a reduced scale that keeps both sides at least
     this many pixels (see ``decode_image``); ``training.run`` passes twice the model's
@@ -330,6 +476,10 @@ class ShardStream(IterableDataset):
         start_batch: int = 0,
         epoch_batches: int | None = None,
         draft_side: int | None = None,
+        readers: int | None = None,
+        start_readers: int | None = None,
+        start_offsets: dict[int, int] | None = None,
+        stop_batch: int | None = None,
     ) -> None:
         super().__init__()
         self.plan = plan
@@ -348,82 +498,148 @@ class ShardStream(IterableDataset):
         )
         self.epoch_batches = max(1, per_epoch)
         self.draft_side = draft_side
+        self.readers = readers or max(1, plan.workers)
+        self.start_readers = start_readers or self.readers
+        self.start_offsets = dict(start_offsets) if start_offsets is not None else None
+        self.stop_batch = stop_batch
+
+    def readers_in(self, epoch: int) -> int:
+        """Readers per rank in ``epoch``."""
+        return (
+            self.start_readers if epoch == self.start_batch // self.epoch_batches else self.readers
+        )
+
+    def batches_of(self, reader: int, epoch: int, readers: int, until: int | None = None) -> int:
+        """Batches ``reader`` makes in ``epoch`` (before batch ``until``)."""
+        lo = epoch * self.epoch_batches
+        end = lo + self.epoch_batches if until is None else until
+        return len(range(lo + (reader - lo) % readers, end, readers))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        import torch
         from torch.utils.data import get_worker_info
 
         info = get_worker_info()
-        n_workers = max(1, self.plan.workers)
-        per_epoch = self.epoch_batches
-        # Global batch b is read by reader b % n_workers and belongs to epoch
-        # b // per_epoch: the batch index alone fixes the data. DataLoader asks its
-        # workers in turn from worker 0, so after a resume at batch s worker w plays
-        # reader (s + w) % n_workers: it yields b = s + w, s + w + n_workers, ...
-        worker = ((info.id if info is not None else 0) + self.start_batch) % n_workers
+        n_workers = info.num_workers if info is not None else 1
+        # DataLoader asks its workers in turn from worker 0: worker w gets batches
+        # start + w, start + w + n_workers, ...
         first = self.start_batch + (info.id if info is not None else 0)
-        epoch = first // per_epoch
+        slot = first % n_workers
+        per_epoch = self.epoch_batches
         stats = Counters()
-        while True:
-            lo = epoch * per_epoch
-            mine = range(lo + (worker - lo) % n_workers, lo + per_epoch, n_workers)
-            samples = self._samples(worker, epoch, stats)
-            for index in mine:
-                batch = list(itertools.islice(samples, self.batch_size))
-                if index < first:
-                    continue  # before the resume point: tar bytes read, no image decoded
-                images, keys, captions = [], [], []
-                # Augmentation drawn from (seed, rank, batch): identical after a resume.
-                torch.manual_seed(hash((self.seed, self.plan.rank, index)) & 0x7FFFFFFF)
-                for s in batch:
-                    try:
-                        images.append(self.transform(decode_image(s, self.draft_side)))
-                    except Exception:  # PIL raises many types; each is one corrupt sample
-                        stats.add("corrupt_image")
-                        continue
-                    keys.append(s.key)
-                    captions.append(s.caption)
-                if not images:
-                    continue
-                yield {
-                    "images": torch.stack(images),
-                    "texts": self.tokenize(captions),
-                    "keys": keys,
-                    "batch": index,
-                    "epoch": epoch,
-                    "worker": worker,
-                    "stats": stats.to_dict(),
-                }
-            samples.close()
-            epoch += 1
+        while self.stop_batch is None or first < self.stop_batch:
+            epoch = first // per_epoch
+            k = self.readers_in(epoch)
+            if k % n_workers:
+                raise ValueError(f"{n_workers} DataLoader workers cannot share {k} readers")
+            end = (epoch + 1) * per_epoch
+            if self.stop_batch is not None:
+                end = min(end, self.stop_batch)
+            weights = [self.batches_of(r, epoch, k) for r in range(k)]
+            readers: dict[int, _Reader] = {}
+            try:
+                for index in range(first, end, n_workers):
+                    r = index % k
+                    if r not in readers:
+                        readers[r] = self._reader(r, epoch, k, weights, stats)
+                    yield self._batch(readers[r], index, epoch, slot, k, stats)
+            finally:
+                for reader in readers.values():
+                    if reader.samples is not None:
+                        reader.samples.close()
+            nxt = (epoch + 1) * per_epoch
+            first = nxt + (slot - nxt) % n_workers
 
-    def _passes(self, worker: int, epoch: int, rng: random.Random) -> Iterator[list[Path]]:
-        """Endless lists of shards to read in turn; the shuffle buffer drains after each."""
+    def _reader(self, r: int, epoch: int, k: int, weights: list[int], stats: Counters) -> _Reader:
+        reader = _Reader(r, _Tally(stats))
+        rng = random.Random(hash((self.seed, self.plan.rank, r, epoch)))
+        reader.samples = self._samples(reader, epoch, k, weights, rng)
+        if epoch == self.start_batch // self.epoch_batches:
+            # Resumed mid-epoch: what this reader took before the resume point.
+            if self.start_offsets is not None:
+                skip = self.start_offsets.get(r, 0)
+            else:  # a checkpoint without offsets: full batches, nothing passed over
+                skip = self.batch_size * self.batches_of(r, epoch, k, until=self.start_batch)
+            reader.tally.skipping = True
+            for _ in range(skip):
+                next(reader.samples)
+            reader.tally.skipping = False
+            reader.taken = skip
+        return reader
+
+    def _batch(
+        self, reader: _Reader, index: int, epoch: int, slot: int, k: int, stats: Counters
+    ) -> dict[str, Any]:
+        import torch
+
+        images, keys, captions = [], [], []
+        held: set[tuple[str, int]] = set()
+        # Augmentation drawn from (seed, rank, batch): identical after a resume.
+        torch.manual_seed(hash((self.seed, self.plan.rank, index)) & 0x7FFFFFFF)
+        passes = reader.passes
+        while len(images) < self.batch_size:
+            if reader.passes - passes >= 2:
+                # Two whole passes over the range and nothing new: it cannot fill a batch.
+                raise TrainDataError(
+                    f"reader {reader.index} of rank {self.plan.rank}: batch {index} has "
+                    f"{len(images)} of {self.batch_size} samples and its data hold no other "
+                    f"usable one: {stats.to_dict()}; lower --batch-size or --workers"
+                )
+            sample = next(reader.samples)
+            reader.taken += 1
+            ident = (sample.shard, sample.index)
+            if ident in held:
+                continue  # its range read again (see the class): never twice in a batch
+            try:
+                images.append(self.transform(decode_image(sample, self.draft_side)))
+            except Exception:  # PIL raises many types; each is one corrupt sample
+                stats.add("corrupt_image")
+                continue
+            held.add(ident)
+            keys.append(sample.key)
+            captions.append(sample.caption)
+            passes = reader.passes
+        return {
+            "images": torch.stack(images),
+            "texts": self.tokenize(captions),
+            "keys": keys,
+            "batch": index,
+            "epoch": epoch,
+            "worker": slot,
+            "reader": reader.index,
+            "readers": k,
+            "taken": reader.taken,
+            "stats": stats.to_dict(),
+        }
+
+    def _passes(self, worker: int, epoch: int, rng: random.Random) -> Iterator[list[Segment]]:
+        """Endless lists of segments to read in turn; the shuffle buffer drains after each."""
         if not self.plan.resample:
-            shards = list(self.plan.shards_for(worker, epoch, self.seed))
+            k = self.readers_in(epoch)
+            weights = [self.batches_of(r, epoch, k) for r in range(k)]
+            segments = list(self.plan.segments(worker, epoch, self.seed, k, weights))
             while True:
-                rng.shuffle(shards)
-                yield shards[:]
+                rng.shuffle(segments)
+                yield segments[:]
         # Resampled (open_clip's --dataset-resampled): every reader draws from all shards
-        # with replacement, so there need not be a shard per reader.
+        # with replacement.
         while True:
-            yield [rng.choice(self.plan.shards) for _ in self.plan.shards]
+            yield [Segment(rng.choice(self.plan.shards), 0, None) for _ in self.plan.shards]
 
-    def _samples(self, worker: int, epoch: int, stats: Counters) -> Iterator[TrainSample]:
-        """This worker's samples in one epoch, endless; the caller takes its share."""
-        rng = random.Random(hash((self.seed, self.plan.rank, worker, epoch)))
-        barren: set[Path] = set()  # shards read with nothing usable in them, this epoch
-        for shards in self._passes(worker, epoch, rng):
+    def _samples(
+        self, reader: _Reader, epoch: int, k: int, weights: list[int], rng: random.Random
+    ) -> Iterator[TrainSample]:
+        """One reader's samples in one epoch, endless; the caller takes its share."""
+        if self.plan.resample:
+            candidates = {Segment(s, 0, None) for s in self.plan.shards}
+        else:
+            candidates = set(self.plan.segments(reader.index, epoch, self.seed, k, weights))
+        barren: set[Segment] = set()  # segments read with nothing usable, this epoch
+        for segments in self._passes(reader.index, epoch, rng):
             read = 0
             buffer: list[TrainSample] = []
-            everywhere = self.exclude.everywhere
-            for shard in shards:
+            for segment in segments:
                 before = read
-                only_here = self.exclude.in_shard(shard)
-                for sample in iter_shard(shard, stats):
-                    if sample.key in everywhere or sample.key in only_here:
-                        stats.add("excluded")
-                        continue
+                for sample in self._read(segment, reader.tally):
                     read += 1
                     if len(buffer) < self.shuffle_buffer:
                         buffer.append(sample)
@@ -433,14 +649,46 @@ class ShardStream(IterableDataset):
                     buffer[j], sample = sample, buffer[j]
                     yield sample
                 if read == before:
-                    barren.add(shard)
+                    barren.add(segment)
             rng.shuffle(buffer)
             yield from buffer
-            candidates = set(self.plan.shards) if self.plan.resample else set(shards)
+            reader.passes += 1
             if read == 0 and barren >= candidates:
                 # An endless loop over nothing would hang the run; say which shards.
+                names = ", ".join(str(s.shard) for s in segments[:3])
                 raise TrainDataError(
-                    f"worker {worker} of rank {self.plan.rank}: zero usable samples in "
-                    f"{len(candidates)} shard(s) ({', '.join(str(s) for s in shards[:3])}...) "
-                    f"after exclusion and damage: {stats.to_dict()}"
+                    f"reader {reader.index} of rank {self.plan.rank}: zero usable samples in "
+                    f"{len(candidates)} shard(s) ({names}...) after exclusion and damage: "
+                    f"{reader.tally.stats.to_dict()}"
                 )
+
+    def _read(self, segment: Segment, tally: _Tally) -> Iterator[TrainSample]:
+        """The usable samples of one segment. Damage is counted by the reader whose range
+        holds it: what follows usable sample ``start - 1`` up to usable sample ``stop - 1``."""
+        everywhere = self.exclude.everywhere
+        only_here = self.exclude.in_shard(segment.shard)
+        start, stop = segment.start, segment.stop
+        tally.in_range = start == 0
+        samples = iter_shard(segment.shard, tally)
+        position = 0  # usable samples of the shard so far
+        try:
+            for sample in samples:
+                if sample.key in everywhere or sample.key in only_here:
+                    tally.add("excluded")
+                    continue
+                position += 1
+                ordinal = position - 1
+                if stop is not None and ordinal >= stop:
+                    break
+                if ordinal >= start:
+                    if sample.caption.strip():
+                        yield sample
+                    else:  # no .txt, or a blank one: nothing to learn the image against
+                        tally.add("no_caption")
+                if ordinal == start - 1:
+                    tally.in_range = True
+                if stop is not None and ordinal == stop - 1:
+                    tally.in_range = False
+        finally:
+            samples.close()
+            tally.in_range = True

@@ -58,7 +58,8 @@ class Pair:
 
 def read_pairs(spec: str, limit: int = 0) -> list[Pair]:
     """(image, caption) pairs from a shard folder, tar or brace pattern, in shard order.
-    Samples without an image or a caption are skipped."""
+    Samples without an image or a caption (or a blank one) are skipped; images are decoded
+    at evaluation, where one that fails is skipped and counted."""
     try:
         shards = resolve_shards(spec)
     except TrainDataError as e:
@@ -88,9 +89,10 @@ def read_pairs(spec: str, limit: int = 0) -> list[Pair]:
         for key in order:
             m = members[key]
             ext = next((e for e in _IMAGE_EXTS if e in m), None)
-            if ext is None or "txt" not in m:
+            caption = m.get("txt", b"").decode("utf-8", "replace").strip()
+            if ext is None or not caption:
                 continue
-            pairs.append(Pair(key, m[ext], m["txt"].decode("utf-8", "replace").strip()))
+            pairs.append(Pair(key, m[ext], caption))
             if limit and len(pairs) >= limit:
                 return pairs
     if not pairs:
@@ -151,19 +153,32 @@ def retrieval_eval(
     was_training = model.training
     model.eval()
     img_feats, txt_feats = [], []
+    undecodable = 0
     try:
         with torch.no_grad():
             for i in range(0, len(pairs), batch_size):
-                chunk = pairs[i : i + batch_size]
-                x = torch.stack(
-                    [preprocess(Image.open(io.BytesIO(p.image)).convert("RGB")) for p in chunk]
-                )
-                t = tokenizer([p.caption for p in chunk])
+                images, captions = [], []
+                for p in pairs[i : i + batch_size]:
+                    try:
+                        image = Image.open(io.BytesIO(p.image))
+                        image.load()
+                        images.append(preprocess(image.convert("RGB")))
+                    except Exception:  # PIL raises many types; each is one bad pair
+                        undecodable += 1
+                        continue
+                    captions.append(p.caption)
+                if not images:
+                    continue
+                x, t = torch.stack(images), tokenizer(captions)
                 img_feats.append(F.normalize(model.encode_image(x.to(device)).float(), dim=-1))
                 txt_feats.append(F.normalize(model.encode_text(t.to(device)).float(), dim=-1))
     finally:
         model.train(was_training)
-    return recall_at_k(torch.cat(img_feats).cpu(), torch.cat(txt_feats).cpu())
+    if not img_feats:  # nothing to rank
+        return {"pairs": 0, "undecodable": undecodable}
+    out = recall_at_k(torch.cat(img_feats).cpu(), torch.cat(txt_feats).cpu())
+    out["undecodable"] = undecodable
+    return out
 
 
 @dataclass
@@ -205,8 +220,11 @@ class Evaluator:
             r = predict_eval_set(model, preprocess, tokenizer, s, self.templates, device)
             metrics = r.metrics
             if predictions_dir is not None:
-                path = predictions_dir / f"{s.name}.csv"
-                write_predictions(path, s.ids, r.predictions)
+                # Parquet: an integer column is class indices, however the classes are
+                # named (in CSV text, "10" may be an index or a folder named 10), and
+                # the top-5 travel with it; as pipeline.overlap --checkpoint writes them.
+                path = predictions_dir / f"{s.name}.parquet"
+                write_predictions(path, s.ids, r.predictions, r.top5)
                 metrics["predictions"] = str(path)
             result["zeroshot"][s.name] = metrics
         if self.pairs:

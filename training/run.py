@@ -27,9 +27,11 @@ from pipeline.shards.atomic import write_text_atomic
 from training.checkpoints import (
     CheckpointError,
     Position,
+    Recorded,
     checkpoint_state,
     list_checkpoints,
     recorded,
+    remove_stale_temps,
     resolve_resume,
     restore,
     save_checkpoint,
@@ -237,7 +239,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         metavar="EVAL",
         help="zero-shot eval set, repeatable: NAME or NAME:PATH as pipeline.overlap --eval "
-        "takes them; writes OUTPUT/zeroshot.json and OUTPUT/predictions/NAME.csv",
+        "takes them; writes OUTPUT/zeroshot.json and OUTPUT/predictions/NAME.parquet",
     )
     p.add_argument("--templates", help="prompt templates, one per line with {} (all sets)")
     p.add_argument("--val-data", help="held-out shards for image-text retrieval recall@1/5/10")
@@ -292,6 +294,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # exclusions above all). The config file and the flags override them.
     output, resume = known.output or cfg.get("output"), known.resume or cfg.get("resume")
     checkpoint, run_was, inherited = None, None, {}
+    if output and Path(output).exists() and not Path(output).is_dir():
+        raise TrainOptionError(f"--output {output}: a file is there, not a run folder")
     if resume and not output:
         p.error("--resume needs --output, the run's folder")
     # Checkpoint problems are CheckpointError, one line from main(), not a usage error.
@@ -514,10 +518,20 @@ def drop_lines_after(path: Path, step: int) -> int:
     if not path.is_file():
         return 0
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    # A torn line (a write cut short: disk full, a kill) is dropped with the rest.
+    kept = [line for line in lines if (row := _json_row(line)) and row.get("step", 0) <= step]
     if len(kept) < len(lines):
         write_text_atomic(path, "".join(f"{line}\n" for line in kept))
     return len(lines) - len(kept)
+
+
+def _json_row(line: str) -> dict[str, Any] | None:
+    """One JSON-lines row, or None for a line that is not a JSON object (torn)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def stop_if_nonfinite(check: LossCheck) -> None:
@@ -582,6 +596,24 @@ def make_loader(stream: Any, workers: int, device: Any) -> Any:
     )
 
 
+def make_loaders(stream: Any, workers: int, device: Any) -> list[Any]:
+    """The DataLoaders that serve ``stream`` in turn. A worker plays whole readers, so a
+    stream resumed in an epoch dealt to a count of readers that ``workers`` does not divide
+    ends that epoch with the most workers that divide it (at most ``workers``), then
+    carries on with ``workers``."""
+    import copy
+
+    k = stream.start_readers
+    if k % max(1, workers) == 0:
+        return [make_loader(stream, workers, device)]
+    fit = max(d for d in range(1, min(k, workers) + 1) if k % d == 0)
+    epoch_end = (stream.start_batch // stream.epoch_batches + 1) * stream.epoch_batches
+    first, rest = copy.copy(stream), copy.copy(stream)
+    first.stop_batch = epoch_end
+    rest.start_batch, rest.start_offsets, rest.start_readers = epoch_end, None, rest.readers
+    return [make_loader(first, fit, device), make_loader(rest, workers, device)]
+
+
 def make_loss(kind: str, rank: int = 0, world_size: int = 1) -> Any:
     from open_clip.loss import ClipLoss, SigLipLoss
 
@@ -630,7 +662,8 @@ def write_curves(metrics_path: Path, out: Path) -> None:
     matplotlib.use("Agg")  # headless: no display on training machines
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    rows = [r for line in metrics_path.read_text().splitlines() if (r := _json_row(line))]
+    rows = [r for r in rows if isinstance(r.get("step"), int)]
     if not rows:
         return
     steps = [r["step"] for r in rows]
@@ -664,7 +697,17 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     is_main = rank == 0  # only rank 0 writes files; every rank computes
     output = Path(args.output)
     if is_main:
-        output.mkdir(parents=True, exist_ok=True)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file on the way, no permission
+            raise TrainOptionError(f"--output {output}: cannot make the folder: {e}") from None
+        removed = remove_stale_temps(output / "checkpoints")
+        if removed:
+            print(
+                f"training.run: removed {len(removed)} temporary file(s) of a checkpoint save "
+                f"that was killed ({removed[0].name}...)",
+                file=sys.stderr,
+            )
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     # One GPU per process under torchrun (LOCAL_RANK); the CPU when there is none.
@@ -688,6 +731,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         resample=args.resample,
     )
     exclude = load_exclusions(args.exclude or [], plan.shards)
+    samples_in_shards = plan.samples
+    plan = plan.excluding(exclude)  # the epoch counts the samples left to train on
     accum = args.accum_freq
     per_epoch = plan.batches_per_epoch(args.batch_size) // accum  # optimizer steps
     if args.epochs:
@@ -735,19 +780,33 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     start = 0  # the first optimizer step
     start_batch = 0  # the stream's first batch: start x accum, unless --accum-freq changed
     skipped = 0  # steps whose update was dropped for a non-finite loss (--on-nan skip)
+    readers = max(1, args.workers)  # readers per rank of every epoch this run deals
+    start_readers, start_offsets = readers, None  # ... and of the epoch it resumes in
+    ran: Recorded | None = None  # what the checkpoint says of the run so far
     if args.checkpoint is not None:
         path = args.checkpoint
         position = restore(
             path, model, optimizer, scaler, device.index if world_size > 1 else None, model_config
         )
         start, start_batch, skipped = position.step, position.batch, position.skipped_steps
-        if position.batches_per_epoch not in (None, per_epoch * accum):
+        ran = recorded(path)
+        same_order = position.batches_per_epoch in (None, per_epoch * accum) and (
+            position.world_size in (None, world_size)
+        )
+        if not same_order:
             print(
                 f"training.run: {path} was written with {position.batches_per_epoch} batches "
-                f"per epoch, now {per_epoch * accum} (data, batch size, --accum-freq or ranks "
-                "changed): the data order differs",
+                f"per epoch on {position.world_size} rank(s), now {per_epoch * accum} on "
+                f"{world_size} (data, batch size, --accum-freq or ranks changed): the data "
+                "order differs",
                 file=sys.stderr,
             )
+        elif start_batch % (per_epoch * accum):
+            # Mid-epoch: the epoch ends as it was dealt, whatever --workers is now.
+            recorded_workers = ran.options.get("workers") or 0
+            start_readers = position.readers_per_rank or max(1, recorded_workers)
+            if position.reader_offsets is not None and rank < len(position.reader_offsets):
+                start_offsets = dict(enumerate(position.reader_offsets[rank]))
         if start > total_steps:  # --epochs: known once the data is counted
             raise CheckpointError(past_the_end(path, start, total_steps))
         print(f"resumed from {path} at step {start}", file=sys.stderr)
@@ -781,7 +840,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
             + (f"; {len(exclude):,} key(s) excluded (--exclude)" if args.exclude else ""),
             file=sys.stderr,
         )
-        for note in exclude.notes:
+        for note in (*plan.notes, *exclude.notes):
             print(f"training.run: {note}", file=sys.stderr)
     # Workers crop and resize and hand over uint8; the batch is normalized on the device.
     worker_transform, normalize = split_preprocess(preprocess_train)
@@ -798,8 +857,18 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         # 2x: the crop (>= 90% of the area in open_clip's train preprocess) and the
         # antialiased downscale keep a margin of real pixels.
         draft_side=2 * input_side(model),
+        readers=readers,
+        start_readers=start_readers,
+        start_offsets=start_offsets,
     )
-    loader = make_loader(stream, args.workers, device)
+    loaders = make_loaders(stream, args.workers, device)
+    if len(loaders) > 1 and is_main:
+        print(
+            f"training.run: the epoch this run resumes in was dealt to {start_readers} "
+            f"reader(s) per rank when it began (its --workers then): it ends "
+            f"with {loaders[0].num_workers} worker(s), then --workers {args.workers}",
+            file=sys.stderr,
+        )
     # Same init on every rank (same seed); DDP also broadcasts rank 0's weights.
     net = model
     no_sync: Callable[[], Any] = contextlib.nullcontext
@@ -825,7 +894,18 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     def backward(loss: Any) -> None:
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
-    worker_stats: dict[int, dict[str, int]] = {}
+    # Each worker's cumulative counts, as its latest batch brought them.
+    worker_stats: dict[tuple[int, int], dict[str, int]] = {}
+    # What each reader had taken of the epoch in progress (for the data position).
+    taken: dict[int, int] = {}
+    taken_epoch, taken_readers = -1, readers
+
+    def batches() -> Any:
+        for phase, loader in enumerate(loaders):
+            for b in loader:
+                b["worker"] = (phase, b["worker"])
+                yield b
+
     metrics_path = output / "metrics.jsonl"
     writer = writer_class(log_dir=str(output / "tensorboard")) if writer_class and is_main else None
     try:
@@ -835,7 +915,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         pending: LossCheck | None = None  # --on-nan stop: the step whose check is unread
         in_a_row = 0  # consecutive skipped steps
         window = TimingWindow()
-        it = iter(loader)
+        it = batches()
         bar = tqdm(
             total=total_steps, initial=start, desc="train", disable=None if is_main else True
         )
@@ -849,6 +929,10 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                     t_data += time.perf_counter() - t_fetch  # blocked on the loader alone
                 for b in micro:
                     worker_stats[b["worker"]] = b["stats"]
+                    if b["epoch"] != taken_epoch:
+                        taken_epoch, taken = b["epoch"], {}
+                    taken[b["reader"]] = b["taken"]
+                    taken_readers = b["readers"]
                 batch = micro[-1]
                 lr = lr_at(step, args.lr, args.warmup, total_steps)
                 for g in optimizer.param_groups:
@@ -989,12 +1073,26 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                     with (output / "zeroshot.jsonl").open("a") as f:
                         f.write(json.dumps({"step": step, **ev}) + "\n")
                     _write_eval_scalars(writer, ev, step)
+                if save_now:
+                    next_batch = batch["batch"] + 1
+                    mid_epoch = next_batch // (per_epoch * accum) == taken_epoch
+                    mine = [taken.get(r, 0) for r in range(taken_readers)] if mid_epoch else []
+                    # Every rank's reader offsets and counts, to rank 0 (all ranks save_now).
+                    shared = gather_objects((mine, count_stream(worker_stats)), world_size)
                 if is_main and save_now:
                     state = checkpoint_state(
                         model,
                         optimizer,
                         scaler,
-                        Position(step, batch["batch"] + 1, skipped, per_epoch * accum),
+                        Position(
+                            step,
+                            next_batch,
+                            skipped,
+                            per_epoch * accum,
+                            taken_readers if mid_epoch else readers,
+                            [m for m, _ in shared] if mid_epoch else None,
+                            world_size,
+                        ),
                         accum=accum,
                         schedule={"warmup": args.warmup, "total": total_steps},
                         extra={
@@ -1005,26 +1103,50 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                             },
                             "model_name": args.model,
                             "model_config": model_config,
+                            "last_loss": (
+                                float(last_reported.item())
+                                if last_reported is not None
+                                else ran.loss
+                                if ran
+                                else None
+                            ),
+                            "data_counts": add_counts(
+                                ran.data_counts if ran else None, *(c for _, c in shared)
+                            ),
                         },
                     )
                     save_checkpoint(output / "checkpoints" / f"step_{step:08d}.pt", state)
         bar.close()
-        # None (JSON null) when no step of this invocation updated the model.
-        last_loss = float(last_reported.item()) if last_reported is not None else None
+        # The last step's loss; a rerun with nothing to train reports the checkpoint's.
+        last_loss = (
+            float(last_reported.item())
+            if last_reported is not None
+            else (ran.loss if ran is not None else None)
+        )
+        # The stream's counts: every rank's, and those of the run before its checkpoint.
+        every_rank = gather_objects(count_stream(worker_stats), world_size)
         if not is_main:
             return {"steps": step, "loss": last_loss, "rank": rank}
+        summary_path = output / "summary.json"
+        if step == start and summary_path.is_file():
+            # A rerun of a finished run (the DAG's --resume auto): its summary stands.
+            print(f"training.run: {summary_path} kept: no step to train", file=sys.stderr)
+            return json.loads(summary_path.read_text())
         write_curves(metrics_path, output / "curves.png")
-        # Each worker reports its cumulative counts; the sum is the whole stream's.
-        data_counts: dict[str, int] = {}
-        for s in worker_stats.values():
-            for k, v in s.items():
-                data_counts[f"data_{k}"] = data_counts.get(f"data_{k}", 0) + v
+        data_counts = {
+            f"data_{k}": v
+            for k, v in add_counts(ran.data_counts if ran else None, *every_rank).items()
+        }
+        if plan.empty_shards:
+            data_counts["data_empty_shards"] = plan.empty_shards
         summary: dict[str, Any] = {
             "steps": step,
             "epochs": step / per_epoch,
             "loss": last_loss,
             "skipped_steps": skipped,
-            "samples_in_shards": plan.samples,
+            "samples_in_shards": samples_in_shards,
+            # Less the --exclude keys that name their shard: what an epoch counts.
+            "samples_per_epoch": plan.samples,
             "threads": torch.get_num_threads(),
             "optimizer_impl": optimizer_impl,
             # Distinct exclusions (keys left out everywhere, plus (shard, key) pairs);
@@ -1045,11 +1167,35 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
             if "retrieval" in ev:
                 summary["retrieval"] = ev["retrieval"]
         summary.update(data_counts)
-        (output / "summary.json").write_text(json.dumps(summary, indent=2))
+        _write_json(summary_path, summary)
         return summary
     finally:
         if writer is not None:
             writer.close()  # also on a crash: the events so far reach the disk
+
+
+def count_stream(worker_stats: dict[Any, dict[str, int]]) -> dict[str, int]:
+    """This rank's stream counts: each worker reports its cumulative counts; their sum."""
+    return add_counts(None, *worker_stats.values())
+
+
+def add_counts(first: dict[str, int] | None, *more: dict[str, int]) -> dict[str, int]:
+    total: dict[str, int] = dict(first or {})
+    for counts in more:
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
+
+
+def gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """``obj`` of every rank, in rank order (a collective: every rank calls it)."""
+    if world_size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _write_eval_scalars(writer: Any, ev: dict[str, Any], step: int) -> None:
@@ -1085,6 +1231,17 @@ def check_options(args: argparse.Namespace) -> str:
     )
 
 
+def one_line(error: BaseException) -> str:
+    """An error's message; for one a DataLoader worker raised, the worker's own message
+    without the traceback the DataLoader wraps it in."""
+    text = str(error)
+    if text.startswith("Caught ") and "Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name = type(error).__name__
+        return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -1102,7 +1259,7 @@ def main(argv: list[str] | None = None) -> int:
         TrainOptionError,
         CheckpointError,
     ) as e:
-        print(f"training.run: {e}", file=sys.stderr)
+        print(f"training.run: {one_line(e)}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
     return 0

@@ -67,6 +67,7 @@ def test_decontaminate_parquet_excludes_the_overlap_from_training(
     # Every sample was read into the shuffle buffer once; the planted copies in a skipped.
     assert summary["exclude_keys"] == summary["data_excluded"] == len(planted) == 4
     assert summary["data_samples"] == summary["samples_in_shards"] == 2 * 84
+    assert summary["samples_per_epoch"] == 2 * 84 - len(planted)  # named per shard: known
     assert "not in --train-data" not in capsys.readouterr().err
 
     # Trained on b alone, which the report never saw: the keys are left out by key alone.

@@ -51,23 +51,24 @@ def write_shards(
     corrupt_every: int = 0,
     write_stats: bool = True,
     image_size: int = 32,
+    sizes: list[int] | None = None,
 ) -> list[str]:
-    """Writes ``root/NNNNN.tar`` (+ stats JSON); returns every key written."""
+    """Writes ``root/NNNNN.tar`` (+ stats JSON); returns every key written. ``sizes``:
+    samples in each shard instead of ``per_shard`` (0: an empty tar, as img2dataset
+    writes when every URL of a shard fails)."""
     root.mkdir(parents=True, exist_ok=True)
     r = random.Random(seed)
     names = list(COLOURS)
     keys: list[str] = []
     for sid in range(n_shards):
-        good = 0
+        n = sizes[sid] if sizes is not None else per_shard
         with tarfile.open(root / f"{sid:05d}.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
-            for i in range(per_shard):
+            for i in range(n):
                 key = f"{sid:05d}{i:04d}"
                 colour = r.choice(names)
                 image = make_image(r.randrange(1 << 30), colour, image_size)
                 if corrupt_every and i % corrupt_every == 0:
                     image = image[: len(image) // 3]  # truncated JPEG: decodes with an error
-                else:
-                    good += 1
                 caption = f"a photo of a {colour}."
                 for ext, payload in (
                     ("jpg", image),
@@ -79,7 +80,7 @@ def write_shards(
                     tar.addfile(info, io.BytesIO(payload))
                 keys.append(key)
         if write_stats:
-            (root / f"{sid:05d}_stats.json").write_text(json.dumps({"successes": per_shard}))
+            (root / f"{sid:05d}_stats.json").write_text(json.dumps({"successes": n}))
     return keys
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import tarfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -55,8 +56,10 @@ def test_brace_patterns_and_counts_without_flags(tmp_path: Path) -> None:
     # Without stats JSON, the tar itself is counted: the count is never a required flag.
     write_shards(tmp_path / "bare", n_shards=2, per_shard=4, write_stats=False)
     assert plan_data(str(tmp_path / "bare")).samples == 8
-    with pytest.raises(TrainDataError, match="1 of 3 shards missing"):
+    with pytest.raises(TrainDataError, match="1 of 3 shards or folders missing"):
         resolve_shards(str(tmp_path / "d" / "{00000..00003}.tar").replace("00000", "00001"))
+    # A brace pattern of folders names their shards.
+    assert len(resolve_shards(str(tmp_path / "{d,bare}"))) == 5
 
 
 def test_workers_split_shards_and_cover_every_key_once(tmp_path: Path) -> None:
@@ -179,13 +182,58 @@ def test_repeatable_options_from_config_are_replaced_by_flags(tmp_path: Path) ->
     assert (args.exclude, args.zeroshot) == (["b.parquet"], ["stl10"])
 
 
-def test_corrupt_samples_skipped_and_counted(tmp_path: Path) -> None:
+def test_batches_stay_full_past_undecodable_images(tmp_path: Path) -> None:
+    # Ranks all-gather features: every batch must hold batch-size samples, so a batch
+    # takes the next sample in place of one that fails to decode, and counts it.
     write_shards(tmp_path / "d", n_shards=1, per_shard=20, corrupt_every=4)
     plan = plan_data(str(tmp_path / "d"))
-    stream = ShardStream(plan, 10, _to_tensor, list, shuffle_buffer=1)
-    batches = _collect(stream, 2)
-    assert sum(len(b["keys"]) for b in batches) == 15  # 5 of 20 are truncated JPEGs
-    assert batches[-1]["stats"]["corrupt_image"] == 5
+    stream = ShardStream(plan, 5, _to_tensor, list, shuffle_buffer=1)
+    batches = _collect(stream, 3)
+    assert [len(b["keys"]) for b in batches] == [5, 5, 5]
+    assert len({k for b in batches for k in b["keys"]}) == 15  # the 15 good ones, once
+    assert batches[-1]["stats"]["corrupt_image"] == 5  # 5 of 20 are truncated JPEGs
+    assert [b["taken"] for b in batches] == [7, 14, 20]  # the data position counts them
+    # A 4th batch reads the shard again: never a sample twice in one batch.
+    for b in _collect(ShardStream(plan, 10, _to_tensor, list, shuffle_buffer=1), 4):
+        assert len(b["keys"]) == len(set(b["keys"])) == 10
+
+
+def test_a_batch_whose_images_all_fail_is_filled_in_order_with_workers(tmp_path: Path) -> None:
+    # Two batches' worth of undecodable images in a row: with workers, the batches still
+    # arrive in order, full, and the data position follows the batch index.
+    write_shards(tmp_path / "d", n_shards=2, per_shard=24, corrupt_every=1)
+    write_shards(tmp_path / "e", n_shards=2, per_shard=24, seed=5)
+    for i in range(2):
+        (tmp_path / "e" / f"{i:05d}.tar").rename(tmp_path / "d" / f"{i + 2:05d}.tar")
+        (tmp_path / "e" / f"{i:05d}_stats.json").rename(tmp_path / "d" / f"{i + 2:05d}_stats.json")
+    plan = plan_data(str(tmp_path / "d"), workers=2)
+    batches = _collect(ShardStream(plan, 4, _to_tensor, list, shuffle_buffer=1), 12, workers=2)
+    assert [b["batch"] for b in batches] == list(range(12))
+    assert all(len(b["keys"]) == 4 for b in batches)
+
+
+def test_samples_without_a_caption_are_skipped_and_counted(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_shards(src, n_shards=1, per_shard=12)
+    (tmp_path / "d").mkdir()
+    with (
+        tarfile.open(src / "00000.tar") as tin,
+        tarfile.open(tmp_path / "d" / "00000.tar", "w") as tout,
+    ):
+        for info in tin:
+            payload = tin.extractfile(info).read()
+            n = int(info.name[5:9])
+            if info.name.endswith(".txt") and n % 3 == 0:
+                continue  # no .txt
+            if info.name.endswith(".txt") and n % 3 == 1:
+                payload = b"  \n"  # a blank caption
+            info.size = len(payload)
+            tout.addfile(info, io.BytesIO(payload))
+    stream = ShardStream(plan_data(str(tmp_path / "d")), 4, _to_tensor, list, shuffle_buffer=1)
+    (batch,) = _collect(stream, 1)
+    assert all(c.strip() for c in batch["texts"])
+    assert len(batch["keys"]) == 4
+    assert batch["stats"]["no_caption"] == 8
 
 
 def test_fail_fast_no_shards(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -197,12 +245,53 @@ def test_fail_fast_no_shards(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert "no shards found" in capsys.readouterr().err
 
 
-def test_fail_fast_too_few_shards_for_workers(tmp_path: Path) -> None:
-    write_shards(tmp_path / "d", n_shards=2, per_shard=3)
-    with pytest.raises(TrainDataError, match=r"2 shard\(s\) for 1 rank\(s\) x 4 worker"):
-        plan_data(str(tmp_path / "d"), workers=4)
-    with pytest.raises(TrainDataError, match="lower --workers to 1"):
-        plan_data(str(tmp_path / "d"), rank=0, world_size=2, workers=2)
+def test_readers_share_shards_when_there_are_fewer_shards_than_readers(tmp_path: Path) -> None:
+    # 2 shards for 2 ranks x 2 workers: each reader reads its range of a shard; an epoch
+    # still reads each sample once.
+    keys = write_shards(tmp_path / "d", n_shards=2, per_shard=8)
+    seen = []
+    for rank in (0, 1):
+        plan = plan_data(str(tmp_path / "d"), rank=rank, world_size=2, workers=2)
+        stream = ShardStream(plan, 2, _to_tensor, list, shuffle_buffer=3)
+        seen += [k for b in _collect(stream, 4, workers=2) for k in b["keys"]]
+    assert sorted(seen) == sorted(keys)
+    # One shard, two ranks, no workers: fine too (it was refused, naming --workers 0).
+    one = str(tmp_path / "d" / "00000.tar")
+    assert plan_data(one, rank=1, world_size=2).segments(0) == (
+        (tmp_path / "d" / "00000.tar", 4, None),
+    )
+
+
+def test_uneven_and_empty_shards_give_each_sample_once_per_epoch(tmp_path: Path) -> None:
+    # Shards of 40, 4, 4, 4 and 0 samples (img2dataset writes an empty shard when all its
+    # URLs fail), 2 ranks x 2 workers, 2 epochs: each epoch reads each sample once.
+    keys = write_shards(tmp_path / "d", n_shards=5, per_shard=0, sizes=[40, 4, 4, 4, 0])
+    assert len(keys) == len(set(keys)) == 52
+    by_epoch: dict[int, list[str]] = {0: [], 1: []}
+    for rank in (0, 1):
+        plan = plan_data(str(tmp_path / "d"), rank=rank, world_size=2, workers=2)
+        assert plan.empty_shards == 1 and "1 shard(s) with no samples skipped" in plan.notes[0]
+        assert plan.batches_per_epoch(4) == 6
+        stream = ShardStream(plan, 4, _to_tensor, list, shuffle_buffer=5)
+        for b in _collect(stream, 12, workers=1 if rank else 2):  # 1 worker plays both
+            assert len(set(b["keys"])) == 4
+            by_epoch[b["epoch"]] += b["keys"]
+    for seen in by_epoch.values():
+        assert len(seen) == 48 and len(set(seen)) == 48  # 52 // 8 x 8: 4 left for the epoch
+
+
+def test_a_shard_emptied_by_exclusion_is_left_out_of_the_epoch(tmp_path: Path) -> None:
+    keys = write_shards(tmp_path / "d", n_shards=4, per_shard=8)
+    path = tmp_path / "decontaminate.parquet"
+    shard0 = str((tmp_path / "d" / "00000.tar").resolve())
+    pq.write_table(pa.table({"train_key": keys[:8], "train_shard_path": [shard0] * 8}), path)
+    plan = plan_data(str(tmp_path / "d"), workers=2)
+    exclusions = load_exclusions(path, plan.shards)
+    plan = plan.excluding(exclusions)
+    assert (plan.samples, len(plan.shards), plan.empty_shards) == (24, 3, 1)
+    stream = ShardStream(plan, 4, _to_tensor, list, exclude=exclusions)
+    seen = [k for b in _collect(stream, plan.batches_per_epoch(4), workers=2) for k in b["keys"]]
+    assert sorted(seen) == sorted(keys[8:])  # one epoch: each usable sample once
 
 
 def test_fail_fast_zero_usable_samples(tmp_path: Path) -> None:
@@ -272,8 +361,6 @@ def test_uneven_shards_still_fill_every_workers_share(tmp_path: Path) -> None:
 def test_resample_feeds_more_readers_than_shards_deterministically(tmp_path: Path) -> None:
     keys = set(write_shards(tmp_path / "d", n_shards=1, per_shard=12))
     spec = str(tmp_path / "d")
-    with pytest.raises(TrainDataError, match="or pass --resample"):
-        plan_data(spec, rank=0, world_size=2, workers=2)
 
     def rank_keys(rank: int, seed: int) -> list[list[str]]:
         plan = plan_data(spec, rank=rank, world_size=2, workers=2, resample=True)
@@ -300,7 +387,7 @@ def test_resample_draws_shards_with_replacement_by_seed(tmp_path: Path) -> None:
     def draws(seed: int, epoch: int) -> list[str]:
         rng = random.Random(hash((seed, 0, 0, epoch)))
         shards = stream._passes(0, epoch, rng)
-        return [p.name for _ in range(4) for p in next(shards)]
+        return [p.shard.name for _ in range(4) for p in next(shards)]
 
     assert draws(3, 0) == draws(3, 0)
     assert draws(3, 0) != draws(3, 1)  # each epoch draws anew
@@ -407,3 +494,32 @@ def test_stream_hands_uint8_pixels_to_the_loop(tmp_path: Path) -> None:
     # Normalized with CLIP's mean and std: pixel 0 maps to about -1.8, 255 to about 2.1.
     assert images.dtype == torch.float32 and -1.8 < images.mean() < 2.2
     assert images.min() < 0 < images.max()
+
+
+def test_unreadable_side_files_are_passed_over_for_the_tar_count(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_shards(tmp_path / "d", n_shards=2, per_shard=5)
+    (tmp_path / "d" / "00000_stats.json").write_text('{"successes": 5, "fail')  # torn
+    (tmp_path / "d" / "00001_stats.json").unlink()
+    (tmp_path / "d" / "00001.parquet").write_text("key,status\n")  # not Parquet
+    plan = plan_data(str(tmp_path / "d"))
+    assert plan.samples == 10
+    assert "00000_stats.json: not readable JSON" in plan.notes[0]
+    assert "00001.parquet: not a readable Parquet file" in plan.notes[1]
+    argv = ["--train-data", str(tmp_path / "d"), "--output", str(tmp_path / "r")]
+    assert run.main([*argv, "--steps", "1", "--batch-size", "4", "--threads", "1"]) == 0
+    assert "not readable JSON" in capsys.readouterr().err
+
+
+def test_an_error_in_a_dataloader_worker_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Every image undecodable: the worker cannot fill a batch and says so.
+    write_shards(tmp_path / "d", n_shards=2, per_shard=8, corrupt_every=1)
+    argv = ["--train-data", str(tmp_path / "d"), "--output", str(tmp_path / "r")]
+    argv += ["--steps", "1", "--batch-size", "4", "--threads", "1", "--workers", "1"]
+    assert run.main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "Warning" not in line]
+    (line,) = [e for e in err if e.startswith("training.run: reader")]
+    assert "batch 0 has 0 of 4 samples" in line and "Traceback" not in "".join(err)

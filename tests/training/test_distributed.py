@@ -85,6 +85,25 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     assert (out / "checkpoints" / f"step_{STEPS:08d}.pt").is_file()
 
 
+def test_undecodable_images_on_two_ranks_keep_batches_equal_and_are_counted(
+    tmp_path: Path,
+) -> None:
+    # Ranks all-gather features of equal batches: each fills its batch past the bad
+    # images (every 4th here) instead of sending a short one, and the counts in the
+    # summary are both ranks'.
+    write_shards(tmp_path / "d", n_shards=2, per_shard=40, corrupt_every=4)
+    spec = str(tmp_path / "d")
+    out = tmp_path / "run"
+    proc = _torchrun(["-m", "training.run"], spec, out, "--shuffle-buffer", "1000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert got == pytest.approx(_reference_losses(spec), rel=1e-4), got
+    summary = json.loads((out / "summary.json").read_text())
+    # Each rank reads its shard's 40 samples into the shuffle buffer (10 truncated).
+    assert summary["data_samples"] == 80
+    assert 2 <= summary["data_corrupt_image"] <= 20
+
+
 def test_two_gloo_processes_accumulating_match_one_process(tmp_path: Path) -> None:
     # 2 ranks x 2 micro-batches of 8: every step's loss is over all 32 samples, and one
     # all-reduce (the last pass's) sums the gradients of all four micro-batches.

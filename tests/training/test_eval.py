@@ -54,7 +54,7 @@ def test_zeroshot_after_training_beats_chance_and_predictions_round_trip(
     assert zs["top5"] is None  # 4 classes: top-5 would cover them all
     eval_set = load_eval_set(parse_eval_spec(f"imagefolder:{folder}"))
     for name in ("imagefolder", "second"):
-        preds = read_predictions(out / "predictions" / f"{name}.csv", eval_set)
+        preds = read_predictions(out / "predictions" / f"{name}.parquet", eval_set)
         acc = float((preds == eval_set.labels).mean())
         assert acc == pytest.approx(result["zeroshot"][name]["top1"])
     # --eval-every 60: one row mid-run and one at the end.
@@ -76,7 +76,7 @@ def test_overlap_checkpoint_predictions_equal_training_zeroshot(
     assert overlap_main(argv) == 0
     eval_set = load_eval_set(parse_eval_spec(f"imagefolder:{folder}"))
     ours = read_predictions(report_dir / "imagefolder" / "predictions.parquet", eval_set)
-    theirs = read_predictions(out / "predictions" / "imagefolder.csv", eval_set)
+    theirs = read_predictions(out / "predictions" / "imagefolder.parquet", eval_set)
     np.testing.assert_array_equal(ours, theirs)
     report = json.loads((report_dir / "report.json").read_text())["imagefolder"]
     zs = json.loads((out / "zeroshot.json").read_text())["zeroshot"]["imagefolder"]
@@ -168,3 +168,14 @@ def test_bad_eval_spec_fails_before_training(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("training.run: ") and message in err[0], err
     assert not (out / "checkpoints").exists()
+
+
+def test_an_undecodable_held_out_image_is_skipped_and_counted(tmp_path: Path) -> None:
+    write_shards(tmp_path / "data", n_shards=1, per_shard=16)
+    write_shards(tmp_path / "val", n_shards=1, per_shard=6, seed=7, corrupt_every=4)
+    out = tmp_path / "run"
+    argv = ["--train-data", str(tmp_path / "data"), "--output", str(out), *COMMON]
+    argv += ["--batch-size", "8", "--steps", "1", "--val-data", str(tmp_path / "val")]
+    assert run.main(argv) == 0
+    retrieval = json.loads((out / "summary.json").read_text())["retrieval"]
+    assert (retrieval["pairs"], retrieval["undecodable"]) == (4, 2)

@@ -63,6 +63,7 @@ def test_epochs_set_the_step_count_and_resume_mid_epoch(shards: Path, tmp_path: 
     summary = json.loads((full / "summary.json").read_text())
     assert (summary["steps"], summary["epochs"]) == (12, 2.0)
     data = _ckpt(full, 9)["data"]
+    offsets = data.pop("reader_offsets")
     assert data == {
         "next_batch": 9,
         "next_step": 9,
@@ -70,7 +71,10 @@ def test_epochs_set_the_step_count_and_resume_mid_epoch(shards: Path, tmp_path: 
         "epoch": 1,
         "step_in_epoch": 3,
         "batches_per_epoch": 6,
+        "readers_per_rank": 2,
+        "world_size": 1,
     }
+    assert offsets == [[32, 16]]  # epoch 1's batches 6 and 8 came from reader 0, 7 from 1
 
     # Step 9 is odd: the DataLoader's worker 0 must play reader 1 after the resume.
     resumed = tmp_path / "resumed"
@@ -417,12 +421,14 @@ def test_threads_set_in_the_run(
     assert json.loads((tmp_path / "set" / "summary.json").read_text())["threads"] == 2
 
 
-def test_resample_run_with_one_shard_for_four_readers(tmp_path: Path) -> None:
+def test_one_shard_for_two_readers_with_and_without_resample(tmp_path: Path) -> None:
     write_shards(tmp_path / "d", n_shards=1, per_shard=40, seed=2)
     argv = ["--train-data", str(tmp_path / "d"), *COMMON, "--steps", "4", "--workers", "2"]
     assert run.main([*argv, "--output", str(tmp_path / "r"), "--resample"]) == 0
     assert [r["step"] for r in _metrics(tmp_path / "r")] == [1, 2, 3, 4]
-    assert run.main([*argv, "--output", str(tmp_path / "no")]) == 2  # too few shards
+    # Without --resample the two readers share the shard, each its half.
+    assert run.main([*argv, "--output", str(tmp_path / "shared")]) == 0
+    assert [r["step"] for r in _metrics(tmp_path / "shared")] == [1, 2, 3, 4]
 
 
 def test_rng_states_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
@@ -557,3 +563,31 @@ def test_gpu_check_summary_says_whether_the_loader_is_the_bottleneck() -> None:
     assert fed["median_samples_per_s"] == 100.0 and fed["steady_steps"] == 30
     assert fed["loader_bound"] is False
     assert gpu_check.summarize(rows(0.3), steps=40)["loader_bound"] is True
+
+
+def test_resume_with_other_workers_and_undecodable_images_trains_the_same_batches(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Every 5th image is undecodable: batches take the next sample instead, so readers
+    # run ahead of batch x batch size; the checkpoint records how far each got. Resumed
+    # mid-epoch with another --workers, the epoch ends as it was dealt: the same losses.
+    data = tmp_path / "data"
+    write_shards(data, n_shards=4, per_shard=24, seed=2, corrupt_every=5)
+    base = ["--train-data", str(data), *_without(COMMON, "--batch-size"), "--batch-size", "8"]
+    base += ["--steps", "8"]
+    full = tmp_path / "full"
+    assert run.main([*base, "--output", str(full), "--workers", "2", "--save-every", "3"]) == 0
+    assert _ckpt(full, 3)["data"]["next_batch"] == 3
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["data_corrupt_image"] > 0
+    losses = {r["step"]: r["loss"] for r in _metrics(full)}
+    for workers in ("3", "0"):
+        resumed = tmp_path / f"resumed{workers}"
+        _resume_copy(full, 3, resumed)
+        argv = ["--output", str(resumed), "--resume", "latest", "--threads", "1"]
+        assert run.main([*argv, "--workers", workers]) == 0
+        got = {r["step"]: r["loss"] for r in _metrics(resumed)}
+        assert sorted(got) == list(range(4, 9))
+        for step, loss in got.items():
+            assert loss == pytest.approx(losses[step], rel=1e-4, abs=1e-5), (workers, step)
+    assert "dealt to 2 reader(s) per rank when it began" in capsys.readouterr().err

@@ -117,12 +117,20 @@ def test_resume_auto_starts_a_new_run_or_continues_one(
     assert run.main([*argv, "--steps", "3", "--resume", "auto"]) == 0
     assert "resumed from" in capsys.readouterr().err
     assert _steps(out) == [1, 2, 3]
-    # Rerun as it stands (a workflow's retry after success): nothing left to train.
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["loss"] is not None and summary["data_samples"] > 0
+    # Rerun as it stands (a workflow's retry after success): nothing left to train, and
+    # the finished run's summary stands.
     assert run.main([*argv, "--steps", "3", "--resume", "auto"]) == 0
     assert "already at step 3: nothing to train" in capsys.readouterr().err
     assert _steps(out) == [1, 2, 3]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 3 and summary["loss"] is None  # no step of this invocation
+    assert json.loads((out / "summary.json").read_text()) == summary
+    # Without a summary (the run died in its final evaluation): the checkpoint's loss.
+    (out / "summary.json").unlink()
+    assert run.main([*argv, "--steps", "3", "--resume", "auto"]) == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["loss"] == pytest.approx(summary["loss"])
+    assert again["data_samples"] == summary["data_samples"]  # the run's, from the checkpoint
 
 
 @pytest.mark.parametrize(
@@ -184,3 +192,29 @@ def test_a_step_larger_than_the_data_is_refused(
         "the shards: a batch would hold samples twice" in capsys.readouterr().err
     )
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_torn_metrics_line_and_a_killed_saves_temp_file_do_not_stop_a_resume(
+    started: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = _resume_at(started, 4, tmp_path / "run")
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "lo')  # the disk filled up mid-line
+    tmp = out / "checkpoints" / ".step_00000005.pt.4242.0badf00d.tmp"  # a save killed
+    tmp.write_bytes(b"x" * 100)
+    assert run.main(["--output", str(out), "--resume", "latest", *COMMON, "--steps", "5"]) == 0
+    err = capsys.readouterr().err
+    assert "metrics.jsonl: 1 line(s) past step 4 dropped" in err
+    assert "removed 1 temporary file(s) of a checkpoint save that was killed" in err
+    assert _steps(out) == [1, 2, 3, 4, 5]
+    assert not tmp.exists()
+
+
+def test_an_output_that_is_a_file_fails_in_one_line(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    argv = ["--train-data", str(shards), "--output", str(tmp_path / "file"), *COMMON]
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"training.run: --output {tmp_path / 'file'}: a file is there, not a run folder"]
