@@ -569,10 +569,12 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
         dl = {"rows": 0, "status_counts": {}, "successes": 0, "shards": 0}
     failed = dl.get("failed_shards") or {}
     if failed:
+        named = sorted(failed.items(), key=_by_int)
+        more = f"; and {len(named) - 5} more" if len(named) > 5 else ""
         raise ShardsFailed(
             f"download: {len(failed)} of {dl['shards']} shards failed ("
-            + "; ".join(f"shard {sid}: {why}" for sid, why in sorted(failed.items(), key=_by_int))
-            + "): committed shards are kept; rerun the same command to retry the others"
+            + "; ".join(f"shard {sid}: {why}" for sid, why in named[:5])
+            + f"{more}): committed shards are kept; rerun the same command to retry the others"
         )
     log(f"download: {dl['successes']:,} of {dl['rows']:,} images")
 
