@@ -188,8 +188,12 @@ def pair_scores(a: np.ndarray, b: np.ndarray, detector: Detector) -> np.ndarray:
 # perceptual hash, do not include mirroring), so its best score is a sample of an
 # unrelated item's best score over N training images. A decoy whose detector score to its
 # own source is at the threshold or above (a mirror-symmetric image) is dropped: it would
-# find its source's copies. Mirrored copies of an eval item in the training set do count
-# as decoy matches: conservative. As in target-decoy estimation (proteomics, Elias &
+# be its source. A decoy whose best training image is a copy of its own source (the
+# source's search found that image at the threshold or above: a near-symmetric image finds
+# its source's copies) is not counted, nor one scoring at copy level (the planted copies'
+# median score or more: it found a flipped copy of its eval image, common on the web):
+# neither is an unrelated image matched by chance, and one such hit would stand for n/D
+# false matches. As in target-decoy estimation (proteomics, Elias &
 # Gygi 2007): among the eval items at or above a threshold t, about n/D x (decoys >= t)
 # are false; the threshold is raised to the lowest t whose estimated precision reaches
 # the target.
@@ -247,8 +251,11 @@ class ScaleCheck:
     threshold: float  # the threshold after: base, or raised to reach the target
     target: float
     items: int  # decodable eval items searched
-    decoys: int  # decoys searched
+    decoys: int  # decoys counted (searched, less those whose hit was a copy)
     symmetric: int  # decoys dropped as mirror-symmetric
+    # Decoys not counted: their best training image is a copy of their own eval item (its
+    # search found that image too), or they score like a planted copy (a flipped copy).
+    copy_hits: int
     decoy_hits: int  # decoys whose best training score is >= threshold
     eval_hits: int  # eval items whose best training score is >= threshold
     base_decoy_hits: int  # the same two at the base threshold
@@ -277,6 +284,7 @@ def threshold_at_scale(
     symmetric: int = 0,
     *,
     may_raise: bool = True,
+    copy_hits: int = 0,
 ) -> ScaleCheck:
     """The lowest threshold >= ``base`` at which the eval items' best scores (``eval_top``)
     reach ``target`` precision, false matches estimated from the decoys' (``decoy_top``).
@@ -300,12 +308,20 @@ def threshold_at_scale(
             if ok.any()
             else np.nextafter(items.max(), np.float32(np.inf))
         )
+        # Any threshold between the highest score below the chosen one and the lowest eval
+        # score at or above it makes the same split: the midpoint, with the widest margin
+        # to both (just above a decoy, it printed as the decoy's own score).
+        at = int(np.searchsorted(items, chosen, side="left"))
+        if at < n and chosen > base32:
+            below = np.concatenate([items[items < chosen], decoy[decoy < chosen], [base32]])
+            chosen = np.float32((float(below.max()) + float(items[at])) / 2)
     return ScaleCheck(
         base=float(base32),
         threshold=float(chosen),
         target=target,
         decoys=d,
         symmetric=symmetric,
+        copy_hits=copy_hits,
         decoy_hits=int(hits(decoy, chosen)),
         eval_hits=int(hits(items, chosen)),
         base_decoy_hits=int(hits(decoy, base32)),

@@ -44,9 +44,22 @@ def scale_text(check: ScaleCheck | None) -> str:
             " No decoys were searched: its false-match rate at the training set's size is unknown."
         )
     if not check.decoys:
-        return " No decoy was left to search (every mirrored item looks like itself)."
+        if check.symmetric or check.copy_hits:
+            return (
+                f" No decoy was left to count ({check.symmetric:,} mirror-symmetric, "
+                f"{check.copy_hits:,} whose best training image is a copy of their own item)."
+            )
+        return " No decoy was searched (no decodable eval item)."
     estimate = "n/a" if check.precision is None else f"{check.precision:.3f}"
-    sym = f", {check.symmetric:,} dropped as mirror-symmetric" if check.symmetric else ""
+    dropped = [
+        f"{check.symmetric:,} dropped as mirror-symmetric" if check.symmetric else "",
+        f"{check.copy_hits:,} whose best training image is a copy of their own eval item "
+        "(found by the item too, or scoring like a planted copy: a flipped copy), not "
+        "counted as chance matches"
+        if check.copy_hits
+        else "",
+    ]
+    sym = "".join(f", {d}" for d in dropped if d)
     text = (
         f" Decoys: {check.decoys:,} mirrored eval items{sym}, searched over the whole training "
         f"set: {check.decoy_hits:,} score at or above {check.threshold:.4f}, where "

@@ -378,10 +378,12 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
 
     t = time.perf_counter()
     decoys: dict[str, Decoys] = {}
+    copy_levels: dict[str, float] = {}
     for s in prep.eval_sets:
         if cfg.decoys:
+            copy_levels[s.name] = _copy_level(s, codes[s.name], calibrations[s.name], detector, cfg)
             decoys[s.name] = make_decoys(
-                s, *codes[s.name], detector, cfg.decoys, cfg.seed, floor=thresholds[s.name]
+                s, *codes[s.name], detector, cfg.decoys, cfg.seed, floor=copy_levels[s.name]
             )
     seconds["decoys"] = time.perf_counter() - t
 
@@ -408,12 +410,16 @@ def run_overlap(job: OverlapJob, log: Callable[[str], None] | None = None) -> Ov
 
     if searched.counters["embedded"] == 0:
         raise NothingSearchedError(_nothing_searched(job, prep, searched))
-    scale = _check_scale(prep, searched, offsets, codes, decoys, thresholds, cfg, log)
+    scale = _check_scale(prep, searched, offsets, codes, decoys, thresholds, copy_levels, cfg, log)
     for name, check in scale.items():
         if check.raised:
             thresholds[name] = check.threshold
     result = _eval_rows(searched, n_items, offsets, thresholds, prep)
-    warnings = unreached + _warnings(prep, result, offsets, codes, cfg.max_matches)
+    warnings = (
+        unreached
+        + _scale_warnings(scale, cfg)
+        + _warnings(prep, result, offsets, codes, cfg.max_matches)
+    )
 
     t = time.perf_counter()
     out = job.out
@@ -540,6 +546,7 @@ def _check_scale(
     codes: Mapping[str, tuple[np.ndarray, np.ndarray]],
     decoys: Mapping[str, Decoys],
     thresholds: Mapping[str, float],
+    copy_levels: Mapping[str, float],
     cfg: OverlapConfig,
     log: Callable[[str], None],
 ) -> dict[str, ScaleCheck]:
@@ -552,8 +559,25 @@ def _check_scale(
         if s.name not in decoys:
             continue
         d = decoys[s.name]
-        decoy_top = searched.top_scores[start : start + len(d.codes), 0]
+        rows = slice(start, start + len(d.codes))
         start += len(d.codes)
+        decoy_top = searched.top_scores[rows, 0]
+        # A decoy scoring like a planted copy found a copy of itself: a flipped copy of
+        # its eval image (common on the web), not an unrelated image's chance match. Left
+        # in, one such hit stood for n/D false matches and lifted the threshold above the
+        # real copies. (The test is the score: mirroring the training image back and
+        # comparing it with the source is the same comparison, to the detector.)
+        copies = decoy_top >= np.float32(copy_levels[s.name])
+        # A decoy whose best training image is one its own item matched found that item's
+        # copy (a near-symmetric item), not an unrelated image.
+        lo = int(offsets[i])
+        hit_refs = searched.top_refs[rows, 0]
+        for j, src in enumerate(d.sources):
+            row = lo + int(src)
+            own = searched.top_refs[row][searched.top_scores[row] >= np.float32(thresholds[s.name])]
+            if hit_refs[j] != EMPTY_REF and hit_refs[j] in own:
+                copies[j] = True
+        decoy_top = decoy_top[~copies]
         items = searched.top_scores[int(offsets[i]) : int(offsets[i + 1]), 0]
         eval_top = items[codes[s.name][1]]
         # A threshold the user gave stands: only its estimated precision is reported.
@@ -564,6 +588,7 @@ def _check_scale(
             cfg.precision,
             d.symmetric,
             may_raise=cfg.calibrate,
+            copy_hits=int(copies.sum()),
         )
         checks[s.name] = check
         estimate = "n/a" if check.precision is None else f"{check.precision:.3f}"
@@ -580,6 +605,46 @@ def _check_scale(
                 f"above threshold {check.threshold:.4f} (estimated precision {estimate})"
             )
     return checks
+
+
+def _copy_level(
+    s: EvalSet,
+    codes: tuple[np.ndarray, np.ndarray],
+    cal: Calibration | None,
+    detector: Detector,
+    cfg: OverlapConfig,
+) -> float:
+    """The score a copy reaches: the median of the planted copies' scores (planted for this
+    when the threshold is given). A decoy at that level against its own source is
+    mirror-symmetric, and one at that level against a training image found a copy of
+    itself; neither says anything of chance matches. Too few items to plant: infinity."""
+    if cal is None:
+        try:
+            cal = calibrate(s, *codes, detector, cfg.precision, cfg.calibration_items, cfg.seed)
+        except CalibrationError:
+            return math.inf
+    return float(np.median(cal.positive)) if len(cal.positive) else math.inf
+
+
+def _scale_warnings(scale: Mapping[str, ScaleCheck], cfg: OverlapConfig) -> list[str]:
+    """What the decoys say that a reader of the overlap numbers must know."""
+    warnings = []
+    for name, c in scale.items():
+        if c.raised and c.eval_hits == 0 < c.base_eval_hits:
+            warnings.append(
+                f"{name}: the decoys raised the threshold {c.base:.4f} -> {c.threshold:.4f}, "
+                f"above all {c.base_eval_hits:,} items the calibrated threshold called overlap: "
+                "its 0 overlap may hide copies the detector cannot tell from chance matches at "
+                "this training set's size; see borderline.png, or give --threshold"
+            )
+        elif not cfg.calibrate and c.precision is not None and c.precision < cfg.precision:
+            warnings.append(
+                f"{name}: at the given threshold {c.threshold:.4f}, {c.decoy_hits:,} of "
+                f"{c.decoys:,} mirrored decoys also match: about {c.expected_false:,.0f} of its "
+                f"{c.eval_hits:,} overlap items are likely unrelated images (estimated "
+                f"precision {c.precision:.3f}, below --precision {cfg.precision})"
+            )
+    return warnings
 
 
 def _scale_entry(check: ScaleCheck) -> dict[str, Any]:
@@ -602,9 +667,11 @@ def _eval_rows(
     keep = (rows < n) & (searched.match_scores >= final[np.minimum(rows, n - 1)])
     kept_rows = rows[keep]
     counts = np.bincount(kept_rows, minlength=n).astype(np.int64)[:n]
-    was = searched.match_counts[:n]
-    # A capped row whose kept matches all stay may still have more: it stays capped.
-    counts = np.where((was > searched.max_matches) & (counts == searched.max_matches), was, counts)
+    # More matches than were kept, at the final threshold: the best one the cap left out
+    # still reaches it (a raise may leave a row capped at the base threshold with fewer).
+    overflow = searched.overflow[:n]
+    capped = (counts == searched.max_matches) & (overflow >= final)
+    counts = np.where(capped, searched.max_matches + 1, counts)
     result = SearchResult(
         searched.top_scores[:n],
         searched.top_refs[:n],
@@ -614,6 +681,7 @@ def _eval_rows(
         counters=searched.counters,
         max_matches=searched.max_matches,
         match_counts=counts,
+        overflow=np.where(overflow >= final, overflow, -np.inf).astype(np.float32),
     )
     wanted = set(result.top_refs[result.top_refs != EMPTY_REF].tolist())
     wanted.update(result.match_refs.tolist())

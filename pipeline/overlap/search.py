@@ -114,6 +114,9 @@ class SearchResult:
     # (n,) int64: per eval row, the sum over shards of its matches in each shard, each
     # counted up to max_matches + 1; above max_matches: more matches than were kept.
     match_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # (n,) float32: per eval row, the best score of the matches the cap left out (-inf:
+    # none), so that a threshold raised after the search still knows which rows have more.
+    overflow: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
     @classmethod
     def empty(cls, n: int, k: int, max_matches: int) -> SearchResult:
@@ -125,6 +128,7 @@ class SearchResult:
             np.zeros(0, np.float32),
             max_matches=max_matches,
             match_counts=np.zeros(n, np.int64),
+            overflow=np.full(n, -np.inf, np.float32),
         )
 
     @property
@@ -141,6 +145,8 @@ class SearchResult:
         mrefs = np.concatenate([self.match_refs, other.match_refs])
         mscores = np.concatenate([self.match_scores, other.match_scores])
         keep = _best_per_row(rows, mrefs, mscores, self.max_matches)
+        overflow = np.maximum(self.overflow, other.overflow)
+        _raise_overflow(overflow, rows, mscores, keep)
         merged = SearchResult(
             np.take_along_axis(scores, order, axis=1),
             np.take_along_axis(refs, order, axis=1),
@@ -150,6 +156,7 @@ class SearchResult:
             counters=self.counters + other.counters,
             max_matches=self.max_matches,
             match_counts=self.match_counts + other.match_counts,
+            overflow=overflow,
         )
         merged.keys = _keys_for(merged, {**self.keys, **other.keys})
         return merged
@@ -167,6 +174,16 @@ def _best_per_row(rows: np.ndarray, refs: np.ndarray, scores: np.ndarray, limit:
     starts = np.searchsorted(sorted_rows, sorted_rows, side="left")
     rank = np.arange(len(order)) - starts
     return order[rank < limit]
+
+
+def _raise_overflow(
+    overflow: np.ndarray, rows: np.ndarray, scores: np.ndarray, keep: np.ndarray
+) -> None:
+    """``overflow`` (in place) at least the best score per row of the entries not kept."""
+    dropped = np.ones(len(rows), bool)
+    dropped[keep] = False
+    if dropped.any():
+        np.maximum.at(overflow, rows[dropped], scores[dropped])
 
 
 def _keys_for(result: SearchResult, keys: dict[int, str]) -> dict[int, str]:
@@ -221,6 +238,7 @@ def search_codes(
         np.bincount(result.match_rows, minlength=n).astype(np.int64), max_matches + 1
     )
     keep = _best_per_row(result.match_rows, result.match_refs, result.match_scores, max_matches)
+    _raise_overflow(result.overflow, result.match_rows, result.match_scores, keep)
     result.match_rows = result.match_rows[keep]
     result.match_refs = result.match_refs[keep]
     result.match_scores = result.match_scores[keep]
