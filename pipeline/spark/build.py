@@ -574,7 +574,8 @@ def _build(spark: Any, config: BuildConfig, log: Callable[[str], None]) -> dict[
         raise ShardsFailed(
             f"download: {len(failed)} of {dl['shards']} shards failed ("
             + "; ".join(f"shard {sid}: {why}" for sid, why in named[:5])
-            + f"{more}): committed shards are kept; rerun the same command to retry the others"
+            + f"{more}): committed shards are kept; rerun the same command to retry the others "
+            "(a shard that fails the same way again has a lasting cause, named here)"
         )
     log(f"download: {dl['successes']:,} of {dl['rows']:,} images")
 

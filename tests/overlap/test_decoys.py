@@ -121,3 +121,26 @@ class _Set:
 
     def __len__(self) -> int:
         return self.n
+
+
+def test_what_the_decoys_say_reaches_the_warnings() -> None:
+    from pipeline.overlap.config import OverlapConfig
+    from pipeline.overlap.run import _scale_warnings
+
+    raised = threshold_at_scale(
+        0.6, np.array([0.9, 0.1], np.float32), np.array([0.65, 0.7], np.float32), 0.99
+    )
+    assert raised.raised and raised.eval_hits == 0 < raised.base_eval_hits == 2
+    given = threshold_at_scale(
+        0.6,
+        np.array([0.7] * 5 + [0.1] * 5, np.float32),
+        np.full(20, 0.8, np.float32),
+        0.99,
+        may_raise=False,
+    )
+    assert given.expected_false == 10 and given.precision == 0.5
+    warnings = _scale_warnings({"a": raised}, OverlapConfig())
+    assert len(warnings) == 1 and "above all 2 items the calibrated threshold" in warnings[0]
+    warnings = _scale_warnings({"b": given}, OverlapConfig(threshold=0.6))
+    assert len(warnings) == 1 and "about 10 of its 20 overlap items" in warnings[0]
+    assert _scale_warnings({"b": given}, OverlapConfig()) == []  # calibrated: raised instead
