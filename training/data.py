@@ -313,6 +313,10 @@ class DataPlan:
                 out.append(Segment(self.shards[i], x - s0, None if y == s1 else y - s0))
         return tuple(out)
 
+    def all_segments(self) -> list[Segment]:
+        """Every shard whole: what a reader refills from (see ``ShardStream``)."""
+        return [Segment(s, 0, None) for s in self.shards]
+
     def shards_for(self, worker: int, epoch: int = 0, seed: int = 0) -> tuple[Path, ...]:
         """The shards this rank's worker reads from in ``epoch`` (equal shares)."""
         return tuple(s.shard for s in self.segments(worker, epoch, seed))
@@ -415,16 +419,23 @@ def to_model_input(images: Any, device: Any, normalize: DeviceNormalize | None) 
 
 
 class _Tally:
-    """The damage counts of one reader: into ``stats`` while it reads its own range,
-    elsewhere (reading up to its range, or past a resume point again) into nothing."""
+    """The damage counts of one reader: into ``stats`` while it reads its own range the
+    first time in an epoch, elsewhere (reading up to its range, past a resume point again,
+    or refilling: see ``ShardStream``) into nothing. So each damaged or excluded sample is
+    counted once an epoch, by the reader whose range holds it."""
 
     def __init__(self, stats: Counters) -> None:
         self.stats = stats
         self.in_range = True
         self.skipping = False
+        self.refilling = False
+
+    @property
+    def counting(self) -> bool:
+        return self.in_range and not self.skipping and not self.refilling
 
     def add(self, name: str, n: int = 1) -> None:
-        if self.in_range and not self.skipping:
+        if self.counting:
             self.stats.add(name, n)
 
 
@@ -436,7 +447,7 @@ class _Reader:
     tally: _Tally
     samples: Generator[TrainSample, None, None] | None = None
     taken: int = 0  # samples taken from ``samples`` this epoch (decodable or not)
-    passes: int = 0  # complete passes over its range
+    passes: int = 0  # complete passes: its range, then refills (see ``ShardStream``)
 
 
 class ShardStream(IterableDataset):
@@ -450,7 +461,13 @@ class ShardStream(IterableDataset):
     or is already in the batch is passed over (counted) and the next one taken, so every
     rank's batches are the same size and a batch is never skipped. A reader whose range
     runs out before its batches do (a count above the samples really there, damage, keys
-    left out everywhere) reads its range again, reshuffled, for the rest of the epoch.
+    left out everywhere, a whole shard undecodable) refills from the whole epoch: every
+    shard of the plan (all ranks' samples), reshuffled, pass after pass, for the rest of the
+    epoch. Those refill samples are trained twice in the epoch; the run fails only when a
+    whole pass over the epoch's data brings no usable sample the batch lacks. The refill
+    depends on nothing but the seed and the samples taken, so a resume stays exact, and it
+    is not counted again: damage and exclusions are counted on a reader's first pass over
+    its own range, once per sample and epoch (with ``resample``, per draw).
 
     A DataLoader of ``W`` workers asks them in turn: worker ``w`` plays the readers
     ``r % W == w`` (``W`` divides ``readers``), so the data of batch ``b`` do not depend on
@@ -515,6 +532,14 @@ class ShardStream(IterableDataset):
         end = lo + self.epoch_batches if until is None else until
         return len(range(lo + (reader - lo) % readers, end, readers))
 
+    def start_offset(self, reader: int, epoch: int, readers: int) -> int:
+        """Samples ``reader`` had taken of ``epoch`` (the epoch of ``start_batch``) before
+        ``start_batch``: as ``start_offsets`` says, else (a checkpoint written before they
+        were recorded) its full batches with nothing passed over."""
+        if self.start_offsets is not None:
+            return self.start_offsets.get(reader, 0)
+        return self.batch_size * self.batches_of(reader, epoch, readers, until=self.start_batch)
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from torch.utils.data import get_worker_info
 
@@ -534,13 +559,12 @@ class ShardStream(IterableDataset):
             end = (epoch + 1) * per_epoch
             if self.stop_batch is not None:
                 end = min(end, self.stop_batch)
-            weights = [self.batches_of(r, epoch, k) for r in range(k)]
             readers: dict[int, _Reader] = {}
             try:
                 for index in range(first, end, n_workers):
                     r = index % k
                     if r not in readers:
-                        readers[r] = self._reader(r, epoch, k, weights, stats)
+                        readers[r] = self._reader(r, epoch, k, stats)
                     yield self._batch(readers[r], index, epoch, slot, k, stats)
             finally:
                 for reader in readers.values():
@@ -549,16 +573,13 @@ class ShardStream(IterableDataset):
             nxt = (epoch + 1) * per_epoch
             first = nxt + (slot - nxt) % n_workers
 
-    def _reader(self, r: int, epoch: int, k: int, weights: list[int], stats: Counters) -> _Reader:
+    def _reader(self, r: int, epoch: int, k: int, stats: Counters) -> _Reader:
         reader = _Reader(r, _Tally(stats))
         rng = random.Random(hash((self.seed, self.plan.rank, r, epoch)))
-        reader.samples = self._samples(reader, epoch, k, weights, rng)
+        reader.samples = self._samples(reader, epoch, rng)
         if epoch == self.start_batch // self.epoch_batches:
             # Resumed mid-epoch: what this reader took before the resume point.
-            if self.start_offsets is not None:
-                skip = self.start_offsets.get(r, 0)
-            else:  # a checkpoint without offsets: full batches, nothing passed over
-                skip = self.batch_size * self.batches_of(r, epoch, k, until=self.start_batch)
+            skip = self.start_offset(r, epoch, k)
             reader.tally.skipping = True
             for _ in range(skip):
                 next(reader.samples)
@@ -578,13 +599,15 @@ class ShardStream(IterableDataset):
         passes = reader.passes
         while len(images) < self.batch_size:
             if reader.passes - passes >= 2:
-                # Two whole passes over the range and nothing new: it cannot fill a batch.
+                # Two passes, the last one over every shard, and nothing new: no sample in
+                # the data can fill this batch.
                 raise TrainDataError(
                     f"reader {reader.index} of rank {self.plan.rank}: batch {index} has "
-                    f"{len(images)} of {self.batch_size} samples and its data hold no other "
-                    f"usable one: {stats.to_dict()}; lower --batch-size or --workers"
+                    f"{len(images)} of {self.batch_size} samples and the data hold no other "
+                    f"usable one: {stats.to_dict()}; lower --batch-size"
                 )
             sample = next(reader.samples)
+            first_read = not reader.tally.refilling  # the pass ``sample`` comes from
             reader.taken += 1
             ident = (sample.shard, sample.index)
             if ident in held:
@@ -592,7 +615,8 @@ class ShardStream(IterableDataset):
             try:
                 images.append(self.transform(decode_image(sample, self.draft_side)))
             except Exception:  # PIL raises many types; each is one corrupt sample
-                stats.add("corrupt_image")
+                if first_read:  # counted once an epoch, not again on a refill
+                    stats.add("corrupt_image")
                 continue
             held.add(ident)
             keys.append(sample.key)
@@ -612,27 +636,26 @@ class ShardStream(IterableDataset):
         }
 
     def _passes(self, worker: int, epoch: int, rng: random.Random) -> Iterator[list[Segment]]:
-        """Endless lists of segments to read in turn; the shuffle buffer drains after each."""
+        """Endless lists of segments to read in turn; the shuffle buffer drains after each.
+        The reader's range first, then refills over every shard (see the class)."""
         if not self.plan.resample:
             k = self.readers_in(epoch)
             weights = [self.batches_of(r, epoch, k) for r in range(k)]
             segments = list(self.plan.segments(worker, epoch, self.seed, k, weights))
+            rng.shuffle(segments)
+            yield segments
+            every = self.plan.all_segments()
             while True:
-                rng.shuffle(segments)
-                yield segments[:]
+                rng.shuffle(every)
+                yield every[:]
         # Resampled (open_clip's --dataset-resampled): every reader draws from all shards
         # with replacement.
         while True:
             yield [Segment(rng.choice(self.plan.shards), 0, None) for _ in self.plan.shards]
 
-    def _samples(
-        self, reader: _Reader, epoch: int, k: int, weights: list[int], rng: random.Random
-    ) -> Iterator[TrainSample]:
+    def _samples(self, reader: _Reader, epoch: int, rng: random.Random) -> Iterator[TrainSample]:
         """One reader's samples in one epoch, endless; the caller takes its share."""
-        if self.plan.resample:
-            candidates = {Segment(s, 0, None) for s in self.plan.shards}
-        else:
-            candidates = set(self.plan.segments(reader.index, epoch, self.seed, k, weights))
+        candidates = set(self.plan.all_segments())  # what the refills read
         barren: set[Segment] = set()  # segments read with nothing usable, this epoch
         for segments in self._passes(reader.index, epoch, rng):
             read = 0
@@ -653,6 +676,8 @@ class ShardStream(IterableDataset):
             rng.shuffle(buffer)
             yield from buffer
             reader.passes += 1
+            # Resampled draws are all first reads; otherwise the range has been read once.
+            reader.tally.refilling = not self.plan.resample
             if read == 0 and barren >= candidates:
                 # An endless loop over nothing would hang the run; say which shards.
                 names = ", ".join(str(s.shard) for s in segments[:3])

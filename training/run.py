@@ -793,15 +793,28 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         same_order = position.batches_per_epoch in (None, per_epoch * accum) and (
             position.world_size in (None, world_size)
         )
+        mid_epoch = bool(start_batch % (per_epoch * accum))
         if not same_order:
+            ranks = "" if position.world_size is None else f" on {position.world_size} rank(s)"
             print(
                 f"training.run: {path} was written with {position.batches_per_epoch} batches "
-                f"per epoch on {position.world_size} rank(s), now {per_epoch * accum} on "
-                f"{world_size} (data, batch size, --accum-freq or ranks changed): the data "
-                "order differs",
+                f"per epoch{ranks}, now {per_epoch * accum} on {world_size} rank(s) (data, "
+                "batch size, --accum-freq or ranks changed): the data order differs",
                 file=sys.stderr,
             )
-        elif start_batch % (per_epoch * accum):
+        elif mid_epoch and position.reader_offsets is None:
+            # Written before the data position held reader offsets: that code dealt whole
+            # shards per worker, which this one cannot reproduce.
+            if is_main:
+                print(
+                    f"training.run: {path} was written mid-epoch by an older version, without "
+                    "per-reader data offsets: the rest of this epoch is dealt anew, each reader "
+                    "skipping the samples of its batches before the resume point, so some "
+                    "samples of this epoch repeat and others are left out; the next epochs "
+                    "are whole",
+                    file=sys.stderr,
+                )
+        elif mid_epoch:
             # Mid-epoch: the epoch ends as it was dealt, whatever --workers is now.
             recorded_workers = ran.options.get("workers") or 0
             start_readers = position.readers_per_rank or max(1, recorded_workers)
@@ -896,9 +909,13 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
 
     # Each worker's cumulative counts, as its latest batch brought them.
     worker_stats: dict[tuple[int, int], dict[str, int]] = {}
-    # What each reader had taken of the epoch in progress (for the data position).
-    taken: dict[int, int] = {}
-    taken_epoch, taken_readers = -1, readers
+    # What each reader had taken of the epoch in progress (for the data position), from
+    # where the stream starts: a reader that makes no batch before the next save is
+    # recorded where it was resumed, not at the epoch's start.
+    taken_epoch, taken_readers = stream.start_batch // stream.epoch_batches, start_readers
+    taken: dict[int, int] = {
+        r: stream.start_offset(r, taken_epoch, start_readers) for r in range(start_readers)
+    }
 
     def batches() -> Any:
         for phase, loader in enumerate(loaders):
@@ -1075,8 +1092,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                     _write_eval_scalars(writer, ev, step)
                 if save_now:
                     next_batch = batch["batch"] + 1
-                    mid_epoch = next_batch // (per_epoch * accum) == taken_epoch
-                    mine = [taken.get(r, 0) for r in range(taken_readers)] if mid_epoch else []
+                    in_epoch = next_batch // (per_epoch * accum) == taken_epoch
+                    mine = [taken.get(r, 0) for r in range(taken_readers)] if in_epoch else []
                     # Every rank's reader offsets and counts, to rank 0 (all ranks save_now).
                     shared = gather_objects((mine, count_stream(worker_stats)), world_size)
                 if is_main and save_now:
@@ -1089,8 +1106,8 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                             next_batch,
                             skipped,
                             per_epoch * accum,
-                            taken_readers if mid_epoch else readers,
-                            [m for m, _ in shared] if mid_epoch else None,
+                            taken_readers if in_epoch else readers,
+                            [m for m, _ in shared] if in_epoch else None,
                             world_size,
                         ),
                         accum=accum,

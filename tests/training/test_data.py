@@ -523,3 +523,51 @@ def test_an_error_in_a_dataloader_worker_is_one_line(
     err = [line for line in capsys.readouterr().err.splitlines() if "Warning" not in line]
     (line,) = [e for e in err if e.startswith("training.run: reader")]
     assert "batch 0 has 0 of 4 samples" in line and "Traceback" not in "".join(err)
+
+
+def _one_shard_undecodable(root: Path) -> list[str]:
+    """Four shards of 8 samples, every image of 00002.tar truncated; the good keys."""
+    keys = write_shards(root, n_shards=4, per_shard=8)
+    write_shards(root.parent / "bad", n_shards=3, per_shard=8, corrupt_every=1)
+    (root.parent / "bad" / "00002.tar").replace(root / "00002.tar")
+    return [k for k in keys if not k.startswith("00002")]
+
+
+def test_a_reader_whose_range_is_undecodable_refills_from_the_epoch(tmp_path: Path) -> None:
+    # 4 readers, 4 equal shards: one reader's whole range is the undecodable shard. It
+    # takes its batches from the rest of the epoch instead of failing, and a resume
+    # mid-epoch takes the same ones.
+    good = _one_shard_undecodable(tmp_path / "d")
+    plan = plan_data(str(tmp_path / "d"), workers=4)
+    stream = ShardStream(plan, 4, _to_tensor, list, shuffle_buffer=3, seed=1)
+    batches = _collect(stream, 16)  # two epochs
+    assert [b["batch"] for b in batches] == list(range(16))
+    assert all(len(set(b["keys"])) == 4 for b in batches)
+    assert {k for b in batches for k in b["keys"]} == set(good)
+    offsets = {b["reader"]: b["taken"] for b in batches[:6]}
+    resumed = ShardStream(
+        plan, 4, _to_tensor, list, shuffle_buffer=3, seed=1, start_batch=6, start_offsets=offsets
+    )
+    assert [b["keys"] for b in _collect(resumed, 10)] == [b["keys"] for b in batches[6:]]
+
+
+def test_a_run_trains_past_a_wholly_undecodable_shard_and_counts_it_once(tmp_path: Path) -> None:
+    _one_shard_undecodable(tmp_path / "d")
+    argv = ["--train-data", str(tmp_path / "d"), "--output", str(tmp_path / "r"), "--model"]
+    argv += ["tiny", "--steps", "8", "--batch-size", "4", "--threads", "1", "--workers", "4"]
+    assert run.main(argv) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["data_corrupt_image"] == 8  # its 8, once
+
+
+def test_damage_and_exclusions_count_each_sample_once_an_epoch(tmp_path: Path) -> None:
+    # 20 samples, 5 undecodable and 2 excluded everywhere (counted in the shard's 20): the
+    # reader refills its batches by reading again, which must not count them again.
+    write_shards(tmp_path / "d", n_shards=1, per_shard=20, corrupt_every=4)
+    plan = plan_data(str(tmp_path / "d"))
+    exclude = frozenset({"000000001", "000000002"})
+    stream = ShardStream(plan, 5, _to_tensor, list, shuffle_buffer=2, exclude=exclude)
+    batches = _collect(stream, 8)  # two epochs of 4 batches, 13 usable samples each
+    assert [b["epoch"] for b in batches] == [0] * 4 + [1] * 4
+    assert batches[3]["stats"]["corrupt_image"] == 5 and batches[3]["stats"]["excluded"] == 2
+    assert batches[-1]["stats"]["corrupt_image"] == 10 and batches[-1]["stats"]["excluded"] == 4

@@ -218,3 +218,67 @@ def test_an_output_that_is_a_file_fails_in_one_line(
     assert run.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"training.run: --output {tmp_path / 'file'}: a file is there, not a run folder"]
+
+
+def _resume_copy(src: Path, step: int, dst: Path) -> Path:
+    """dst holding only src's checkpoint at ``step`` (a run killed right after saving it)."""
+    (dst / "checkpoints").mkdir(parents=True)
+    shutil.copy(src / "checkpoints" / f"step_{step:08d}.pt", dst / "checkpoints")
+    return dst
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def test_a_second_resume_in_the_same_epoch_trains_the_same_batches(
+    shards: Path, tmp_path: Path
+) -> None:
+    # 40 samples in batches of 4 over 3 readers: one 10-step epoch. Resumed at step 4, the
+    # run saves at step 6 before reader 0 has made a batch: that save must record reader 0
+    # where the resume left it, or the second resume re-trains its first samples.
+    argv = ["--train-data", str(shards), *COMMON, "--model", "tiny", "--batch-size", "4"]
+    argv += ["--steps", "10", "--save-every", "2", "--workers", "3", "--lr", "1e-3"]
+    full = tmp_path / "full"
+    assert run.main([*argv, "--output", str(full)]) == 0
+    once = _resume_copy(full, 4, tmp_path / "once")
+    assert run.main([*argv, "--output", str(once), "--resume", "latest"]) == 0
+    ckpt = torch.load(once / "checkpoints" / "step_00000006.pt", weights_only=True)
+    offsets = ckpt["data"]["reader_offsets"][0]
+    assert offsets[0] == 8  # reader 0's two batches before step 4, none since
+    twice = _resume_copy(once, 6, tmp_path / "twice")
+    assert run.main([*argv, "--output", str(twice), "--resume", "latest"]) == 0
+    expected = _losses(full)
+    got = _losses(twice)
+    assert sorted(got) == list(range(7, 11))
+    for step, loss in got.items():
+        assert loss == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
+
+
+def test_a_mid_epoch_checkpoint_without_reader_offsets_resumes_with_a_warning(
+    started: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # As the code before per-reader offsets wrote it: the data position has no readers,
+    # offsets or world size. Its dealing (whole shards per worker) cannot be reproduced.
+    out = _resume_at(started, 2, tmp_path / "run")
+    path = out / "checkpoints" / "step_00000002.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for name in ("readers_per_rank", "reader_offsets", "world_size"):
+        del ckpt["data"][name]
+    torch.save(ckpt, path)
+    assert run.main(["--output", str(out), "--resume", "latest", *COMMON]) == 0
+    err = capsys.readouterr().err.splitlines()
+    warned = [line for line in err if "without per-reader data offsets" in line]
+    assert len(warned) == 1 and warned[0].startswith("training.run: "), err
+    assert "some samples of this epoch repeat" in warned[0]
+    assert _steps(out) == [1, 2, 3, 4]
+    # A changed batch size as well: the ranks it was written on are unknown, not "None".
+    out = _resume_at(started, 2, tmp_path / "run2")
+    path = out / "checkpoints" / "step_00000002.pt"
+    torch.save(ckpt, path)
+    argv = ["--output", str(out), "--resume", "latest", *COMMON, "--batch-size", "4"]
+    assert run.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "None" not in err
+    assert "written with 5 batches per epoch, now 10 on 1 rank(s)" in err, err
