@@ -437,29 +437,31 @@ def without_metadata(data: bytes, img: Image.Image) -> bytes | None:
 
 
 def _strip_jpeg(data: bytes) -> bytes | None:
+    """``data`` without its metadata segments (wherever they sit, between the scans of a
+    progressive JPEG too) and without anything after its end marker; None when its marker
+    structure cannot be followed (the image is then re-encoded)."""
     if data[:2] != b"\xff\xd8":
         return None
     out = [data[:2]]
-    pos = 2
-    while pos + 4 <= len(data):
+    pos, n = 2, len(data)
+    while pos + 1 < n:
         if data[pos] != 0xFF:
             return None
         marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
+        if marker == 0xFF:  # fill byte before a marker
             pos += 1
             continue
+        if marker == 0xD9:  # end of image: what follows is no part of it
+            out.append(b"\xff\xd9")
+            return b"".join(out)
         if marker in _JPEG_STANDALONE:
             out.append(data[pos : pos + 2])
             pos += 2
             continue
-        if marker == 0xDA:  # start of scan: the image data runs to the end marker
-            end = data.find(b"\xff\xd9", pos)
-            if end < 0:
-                return None
-            out.append(data[pos : end + 2])
-            return b"".join(out)
+        if pos + 4 > n:
+            return None
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if length < 2 or pos + 2 + length > len(data):
+        if length < 2 or pos + 2 + length > n:
             return None
         segment = data[pos : pos + 2 + length]
         is_app = 0xE0 <= marker <= 0xEF
@@ -467,6 +469,19 @@ def _strip_jpeg(data: bytes) -> bytes | None:
         if marker != 0xFE and (not is_app or marker in _JPEG_KEPT_APPS or icc):
             out.append(segment)
         pos += 2 + length
+        if marker == 0xDA:  # a scan: entropy-coded data up to the next marker
+            end = pos
+            while True:
+                end = data.find(b"\xff", end)
+                if end < 0 or end + 1 >= n:
+                    return None  # cut short: no end marker
+                follower = data[end + 1]
+                if follower == 0x00 or 0xD0 <= follower <= 0xD7:
+                    end += 2  # a stuffed 0xFF byte, or a restart marker: still the scan
+                    continue
+                break
+            out.append(data[pos:end])
+            pos = end
     return None
 
 

@@ -615,3 +615,24 @@ def test_a_gif_frame_larger_than_its_screen_is_too_large_from_the_header() -> No
     result = process_image(bytes(gif), ImageConfig())
     assert result.status is Status.TOO_LARGE, result.error_message
     assert "decompression bomb" in result.error_message
+
+
+def test_metadata_between_the_scans_of_a_progressive_jpeg_is_cut_and_the_image_kept() -> None:
+    # A comment between two scans whose bytes hold an end marker (FF D9): cutting at the
+    # first FF D9 after the first scan kept a fragment of the image, marked success.
+    original = encode(noise(96, 64), "JPEG", progressive=True, quality=90)
+    first = original.find(b"\xff\xda")
+    second = original.find(b"\xff\xda", first + 2)
+    assert first > 0 and second > first
+    payload = b"by someone \xff\xd9 after"
+    comment = b"\xff\xfe" + (2 + len(payload)).to_bytes(2, "big") + payload
+    data = original[:second] + comment + original[second:]
+    result = process_image(data, ImageConfig(resize_mode="no"))
+    assert result.status is Status.SUCCESS and not result.reencoded
+    assert b"by someone" not in result.data and result.data == original
+    kept = Image.open(io.BytesIO(result.data))
+    np.testing.assert_array_equal(np.asarray(kept), np.asarray(Image.open(io.BytesIO(data))))
+    # Restart markers inside a scan are part of it.
+    with_restarts = encode(noise(96, 64), "JPEG", quality=90, restart_marker_blocks=1)
+    assert b"\xff\xd0" in with_restarts
+    assert process_image(with_restarts, ImageConfig(resize_mode="no")).data == with_restarts
