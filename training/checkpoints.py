@@ -33,6 +33,7 @@ class Position:
     readers_per_rank: int | None = None
     reader_offsets: list[list[int]] | None = None
     world_size: int | None = None
+    dealing: str | None = None  # DataPlan.digest(): the shards and counts the epochs deal
 
 
 def checkpoint_state(
@@ -63,6 +64,7 @@ def checkpoint_state(
             "readers_per_rank": position.readers_per_rank,
             "reader_offsets": position.reader_offsets,
             "world_size": position.world_size,
+            "dealing": position.dealing,
         },
         "skipped_steps": position.skipped_steps,
         **extra,
@@ -112,6 +114,7 @@ def restore(
         readers_per_rank=data.get("readers_per_rank"),
         reader_offsets=data.get("reader_offsets"),
         world_size=data.get("world_size"),
+        dealing=data.get("dealing"),
     )
 
 

@@ -248,6 +248,26 @@ class DataPlan:
         is dropped). Zero when the data holds less than one global batch."""
         return self.samples // (batch_size * self.world_size)
 
+    def digest(self, exclude: Exclusions | None = None) -> str:
+        """What the epochs' dealing and the readers' offsets depend on: each shard (as
+        folder/name) and its count of usable samples, in order, and the keys ``exclude``
+        leaves out (offsets count the samples they leave). A resume mid-epoch with another
+        digest (--exclude or the data changed) cannot continue the epoch as it was dealt."""
+        import hashlib
+
+        listed = [
+            [f"{s.parent.name}/{s.name}", c]
+            for s, c in zip(self.shards, self._counts(), strict=True)
+        ]
+        left_out: list[Any] = []
+        if exclude is not None:
+            left_out = [
+                sorted(exclude.everywhere),
+                sorted((k, sorted(v)) for k, v in exclude.by_shard.items()),
+            ]
+        text = json.dumps([listed, self.resample, left_out])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def _counts(self) -> tuple[int, ...]:
         if self.counts:
             return self.counts

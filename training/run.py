@@ -790,8 +790,10 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         )
         start, start_batch, skipped = position.step, position.batch, position.skipped_steps
         ran = recorded(path)
-        same_order = position.batches_per_epoch in (None, per_epoch * accum) and (
-            position.world_size in (None, world_size)
+        same_order = (
+            position.batches_per_epoch in (None, per_epoch * accum)
+            and position.world_size in (None, world_size)
+            and position.dealing in (None, plan.digest(exclude))
         )
         mid_epoch = bool(start_batch % (per_epoch * accum))
         if not same_order:
@@ -799,7 +801,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
             print(
                 f"training.run: {path} was written with {position.batches_per_epoch} batches "
                 f"per epoch{ranks}, now {per_epoch * accum} on {world_size} rank(s) (data, "
-                "batch size, --accum-freq or ranks changed): the data order differs",
+                "--exclude, batch size, --accum-freq or ranks changed): the data order differs",
                 file=sys.stderr,
             )
         elif mid_epoch and position.reader_offsets is None:
@@ -1109,6 +1111,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                             taken_readers if in_epoch else readers,
                             [m for m, _ in shared] if in_epoch else None,
                             world_size,
+                            plan.digest(exclude),
                         ),
                         accum=accum,
                         schedule={"warmup": args.warmup, "total": total_steps},

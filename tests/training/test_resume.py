@@ -282,3 +282,21 @@ def test_a_mid_epoch_checkpoint_without_reader_offsets_resumes_with_a_warning(
     err = capsys.readouterr().err
     assert "None" not in err
     assert "written with 5 batches per epoch, now 10 on 1 rank(s)" in err, err
+
+
+def test_a_resume_with_other_exclusions_says_the_data_order_differs(
+    started: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Reader offsets count the samples the exclusions leave: with other exclusions they
+    # point elsewhere. The checkpoint records what its dealing depended on.
+    out = _resume_at(started, 2, tmp_path / "run")
+    fewer = tmp_path / "exclude.parquet"
+    pq.write_table(pa.table({"key": [f"{i:09d}" for i in range(3)]}), fewer)
+    argv = ["--output", str(out), "--resume", "latest", *COMMON, "--exclude", str(fewer)]
+    assert run.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "--exclude, batch size, --accum-freq or ranks changed): the data order differs" in err
+    # The same exclusions: no such line.
+    out = _resume_at(started, 2, tmp_path / "same")
+    assert run.main(["--output", str(out), "--resume", "latest", *COMMON]) == 0
+    assert "the data order differs" not in capsys.readouterr().err
