@@ -64,6 +64,7 @@ def test_epochs_set_the_step_count_and_resume_mid_epoch(shards: Path, tmp_path: 
     assert (summary["steps"], summary["epochs"]) == (12, 2.0)
     data = _ckpt(full, 9)["data"]
     offsets = data.pop("reader_offsets")
+    assert len(data.pop("dealing")) == 16  # the digest of the shards, counts, exclusions
     assert data == {
         "next_batch": 9,
         "next_step": 9,
