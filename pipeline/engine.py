@@ -12,6 +12,8 @@ import collections
 import concurrent.futures as cf
 import fcntl
 import hashlib
+import heapq
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -28,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import DownloadConfig, ImageConfig
-from pipeline.fetch.client import Fetcher, parse_target, sha256_hex
+from pipeline.fetch.client import Fetcher, FetchResult, parse_target, sha256_hex
 from pipeline.fetch.guard import Resolver
 from pipeline.fetch.robots import RobotsCache
 from pipeline.images.process import process_image
@@ -211,12 +213,18 @@ def _plan_row(r: PairRow) -> dict[str, Any]:
 # ---- one shard ------------------------------------------------------------------------------
 
 
+# The longest a fetch thread waits for one host (its back-off, a retry's backoff): a longer
+# wait hands the row back, to be fetched again when due, while the thread serves other hosts.
+FETCH_PATIENCE_S = 0.5
+
+
 @dataclass(slots=True)
 class _Outcome:
     ledger: dict[str, Any]
     sample: tuple[str, bytes] | None  # (ext, bytes) on success
     extra: dict[str, Any]
     bytes_downloaded: int
+    later: FetchResult | None = None  # not done: fetch the row again at later.retry_at
 
 
 def _host_of(url: str | None) -> str:
@@ -249,6 +257,7 @@ def _handle_row(
     fetcher: Fetcher,
     config: DownloadConfig,
     cpu_slots: threading.BoundedSemaphore,
+    resume: FetchResult | None = None,
 ) -> _Outcome:
     extra = json.loads(row["extra"]) if row["extra"] else {}
     ledger: dict[str, Any] = {
@@ -263,7 +272,7 @@ def _handle_row(
     if row["status"]:
         return _Outcome(ledger, None, extra, 0)
     try:
-        return _fetch_and_process(ledger, row, extra, fetcher, config, cpu_slots)
+        return _fetch_and_process(ledger, row, extra, fetcher, config, cpu_slots, resume)
     except Exception as e:
         # The fetcher and the image step turn every fault of the web into a status; what
         # still escapes is our bug. It is this row's, not its shard's: a shard failed on
@@ -285,8 +294,11 @@ def _fetch_and_process(
     fetcher: Fetcher,
     config: DownloadConfig,
     cpu_slots: threading.BoundedSemaphore,
+    resume: FetchResult | None = None,
 ) -> _Outcome:
-    fetched = fetcher.fetch(row["url"])
+    fetched = fetcher.fetch(row["url"], patience=FETCH_PATIENCE_S, resume=resume)
+    if fetched.retry_at is not None:
+        return _Outcome(ledger, None, extra, 0, later=fetched)
     ledger.update(
         http_status=fetched.http_status, attempts=fetched.attempts, final_url=fetched.final_url
     )
@@ -349,25 +361,50 @@ def process_shard(
     try:
         window = config.threads * 4  # bounds the bytes held in memory at once
         with cf.ThreadPoolExecutor(config.threads, thread_name_prefix=f"shard{shard_id}") as pool:
-            pending: set[cf.Future] = set()
+            pending: dict[cf.Future, dict[str, Any]] = {}
             todo: Iterator[dict[str, Any]] = iter(interleave_by_host(rows))
+            # Rows handed back by the fetcher (their host is backing off, or a retry is
+            # due later), by the time they are due: (retry_at, tie, row, resume).
+            later: list[tuple[float, int, dict[str, Any], FetchResult]] = []
+            tie = itertools.count()
+
+            def submit(row: dict[str, Any], resume: FetchResult | None) -> None:
+                key = make_key(shard_id, row["row_index"] - first_index, sps)
+                fut = pool.submit(
+                    _handle_row, row, key, shard_id, fetcher, config, cpu_slots, resume
+                )
+                pending[fut] = row
 
             def submit_more() -> None:
+                now = time.monotonic()
+                while later and later[0][0] <= now and len(pending) < window:
+                    _, _, row, resume = heapq.heappop(later)
+                    submit(row, resume)
                 while len(pending) < window:
                     row = next(todo, None)
                     if row is None:
                         return
-                    key = make_key(shard_id, row["row_index"] - first_index, sps)
-                    pending.add(
-                        pool.submit(_handle_row, row, key, shard_id, fetcher, config, cpu_slots)
-                    )
+                    submit(row, None)
 
             submit_more()
-            while pending:
-                done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            while pending or later:
+                # A row due while the window is full waits for a completion, not a timer.
+                room = len(pending) < window
+                wait = max(0.0, later[0][0] - time.monotonic()) if later and room else None
+                if pending:
+                    done, _ = cf.wait(pending, timeout=wait, return_when=cf.FIRST_COMPLETED)
+                else:
+                    time.sleep(wait or 0.0)  # only rows of backed-off hosts are left
+                    done = set()
+                finished = 0
                 for fut in done:
-                    pending.discard(fut)
+                    row = pending.pop(fut)
                     outcome = fut.result()
+                    if outcome.later is not None:
+                        retry_at = outcome.later.retry_at or 0.0
+                        heapq.heappush(later, (retry_at, next(tie), row, outcome.later))
+                        continue
+                    finished += 1
                     outcomes.append(outcome)
                     if outcome.sample is not None:
                         ext, data = outcome.sample
@@ -380,8 +417,8 @@ def process_shard(
                             _sample_meta(led, outcome.extra, fields),
                         )
                         outcome.sample = (ext, b"")  # written: free the bytes
-                if progress is not None:
-                    progress(len(done))
+                if progress is not None and finished:
+                    progress(finished)
                 submit_more()
         outcomes.sort(key=lambda o: o.ledger["row_index"])
         stats = _shard_stats(shard_id, outcomes, writer, start)

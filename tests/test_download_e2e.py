@@ -456,3 +456,75 @@ def test_hostile_answers_are_ledger_rows_and_the_shard_commits(tmp_path: Path) -
         ).read_text()
     )
     assert saved["unreachable"]  # kept minutes, not the 24 h of real rules
+
+
+def _backoff_run(tmp_path: Path, slow_route, n_slow: int, n_good: int, **changes):
+    """Rows on four healthy hosts and on one host answering ``slow_route``, interleaved as
+    a shard's rows are; returns (ledger by URL, the slow host's request log, the healthy
+    hosts' request logs, the slow host's origin)."""
+    from tests.fetch.rawweb import serve
+    from tests.images.test_process import encode, noise
+
+    png = encode(noise(40, 30), "PNG")
+    good = {"/ok.png": lambda h: h.answer(200, [("Content-Type", "image/png")], png)}
+    with (
+        serve({"/a.png": slow_route(png)}) as slow,
+        serve(good) as b,
+        serve(good) as c,
+        serve(good) as d,
+        serve(good) as e,
+    ):
+        rows = [{"url": f"{slow.origin}/a.png?{i}", "caption": f"a {i}"} for i in range(n_slow)]
+        for web in (b, c, d, e):
+            rows += [{"url": f"{web.origin}/ok.png?{i}", "caption": "ok"} for i in range(n_good)]
+        pairs = tmp_path / "pairs.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), pairs)
+        config = _config(respect_robots=False, threads=32, samples_per_shard=5000, **changes)
+        summary = run_download(str(pairs), tmp_path / "out", config, show_progress=False)
+        good_log = sorted(t for web in (b, c, d, e) for t, _ in web.log)
+    assert summary.ok
+    ledger = {r["url"]: r for r in ledger_rows(tmp_path / "out")}
+    return ledger, list(slow.log), good_log, slow.origin
+
+
+def test_a_host_backing_off_for_an_hour_stalls_no_other_host(tmp_path: Path) -> None:
+    def route(_png: bytes):
+        return lambda h: h.answer(429, [("Retry-After", "3600")], b"slow down")
+
+    ledger, slow_log, good_log, slow_origin = _backoff_run(tmp_path, route, 40, 200)
+    good = [r for url, r in ledger.items() if not url.startswith(slow_origin)]
+    slow = [r for url, r in ledger.items() if url.startswith(slow_origin)]
+    assert len(good) == 800 and {r["status"] for r in good} == {"success"}
+    # Only the requests in flight with the first 429 (per_host_connections: 8) were made;
+    # every other row fails at once, untried, naming the Retry-After.
+    assert 1 <= len(slow_log) <= 8
+    assert {(r["status"], r["http_status"]) for r in slow} == {("http_error", 429)}
+    assert all("Retry-After 3600" in r["error_message"] for r in slow)
+    assert sum(r["attempts"] == 0 for r in slow) == 40 - len(slow_log)
+    # Not a benchmark: a generous bound, where parked threads took minutes (1 host in 5).
+    assert good_log[-1] - good_log[0] < 20
+
+
+def test_a_host_backing_off_briefly_gets_its_rows_later_and_no_request_meanwhile(
+    tmp_path: Path,
+) -> None:
+    def route(png: bytes):
+        def answer(h) -> None:
+            if len(h.server.log) == 1:  # the host's first request, whichever row's
+                h.answer(429, [("Retry-After", "2")], b"slow down")
+            else:
+                h.answer(200, [("Content-Type", "image/png")], png)
+
+        return answer
+
+    ledger, slow_log, good_log, _ = _backoff_run(
+        tmp_path, route, 30, 100, retries=1, per_host_connections=1
+    )
+    assert {r["status"] for r in ledger.values()} == {"success"}
+    asked = min(t for t, _ in slow_log)
+    later = sorted(t for t, _ in slow_log if t > asked)
+    # One request at a time per host: none was in flight with the 429, none started inside
+    # the back-off it asked for.
+    assert len(later) == 30 and later[0] - asked >= 1.95
+    # Its rows waited without holding the threads: the other hosts were done meanwhile.
+    assert good_log[-1] < asked + 2

@@ -14,6 +14,7 @@ import http.client
 import io
 import ipaddress
 import random
+import select
 import socket
 import ssl
 import threading
@@ -27,8 +28,8 @@ from typing import Any
 
 from pipeline.config import FetchConfig
 from pipeline.fetch.guard import AddressGuard, Resolver, system_resolver
-from pipeline.fetch.hosts import HostLimiter
-from pipeline.fetch.robots import RobotsCache, RobotsRules, rules_from_answer
+from pipeline.fetch.hosts import HostBackingOff, HostLimiter
+from pipeline.fetch.robots import MAX_ROBOTS_BYTES, RobotsCache, RobotsRules, rules_from_answer
 from pipeline.schema import Status
 
 _CHUNK = 256 * 1024
@@ -55,6 +56,13 @@ class FetchResult:
     final_url: str | None = None
     content_type: str | None = None
     retry_after: float | None = None
+    # A failure that cannot go otherwise on another try (a certificate not trusted).
+    no_retry: bool = False
+    # Set only by fetch(..., patience=): the URL is not done. It is to be fetched again at
+    # this time.monotonic() (not before: its host asked us to back off, or its retry is
+    # due then), passing this result as ``resume``.
+    retry_at: float | None = None
+    deferrals: int = 0  # how many times the host's back-off handed the URL back untried
 
     @property
     def ok(self) -> bool:
@@ -312,12 +320,25 @@ class Fetcher:
 
     # ---- public -----------------------------------------------------------------------
 
-    def fetch(self, url: str) -> FetchResult:
-        """GET one URL with retries; never raises for network or content problems."""
+    def fetch(
+        self, url: str, *, patience: float | None = None, resume: FetchResult | None = None
+    ) -> FetchResult:
+        """GET one URL with retries; never raises for network or content problems.
+
+        Without ``patience`` the calling thread waits for a host's back-off and for its own
+        retries (each wait at most max_retry_after). With it, a wait longer than
+        ``patience`` seconds is not waited: the result then has ``retry_at`` set, and the
+        caller fetches the URL again at that time with ``resume=`` that result, while its
+        thread serves other hosts. Either way a host whose back-off runs past
+        max_retry_after fails its URLs at once, untried."""
         target = parse_target(url)
         if isinstance(target, str):
             return FetchResult(Status.INVALID_URL, target, final_url=url)
-        return self._retrying(lambda backoff: self._follow(url, target, backoff))
+        return self._retrying(
+            lambda backoff: self._follow(url, target, backoff, patience=patience),
+            patience=patience,
+            resume=resume,
+        )
 
     def close(self) -> None:
         """Close the idle connections of every thread that used this fetcher."""
@@ -330,11 +351,19 @@ class Fetcher:
 
     # ---- retries --------------------------------------------------------------------------
 
-    def _retrying(self, attempt_once: Callable[[float], FetchResult]) -> FetchResult:
+    def _retrying(
+        self,
+        attempt_once: Callable[[float], FetchResult],
+        *,
+        patience: float | None = None,
+        resume: FetchResult | None = None,
+    ) -> FetchResult:
         """Run attempts until one is final. Each is given the backoff it would be followed
-        by, so that a 429/503 answer can hold back its whole host for as long."""
+        by, so that a 429/503 answer can hold back its whole host for as long. With
+        ``patience``, a wait longer than that is handed back to the caller (``retry_at``)."""
         cfg = self.config
-        attempt = 0
+        attempt = resume.attempts if resume is not None else 0
+        deferrals = resume.deferrals if resume is not None else 0
         while True:
             attempt += 1
             # Exponential backoff with full jitter (AWS architecture blog's recommendation).
@@ -342,8 +371,22 @@ class Fetcher:
                 0, min(cfg.backoff_max, cfg.backoff_base * 2 ** (attempt - 1))
             )
             result = attempt_once(backoff)
-            retryable = result.status in _RETRYABLE or (
-                result.status is Status.HTTP_ERROR and result.http_status in _RETRY_HTTP
+            if result.retry_at is not None:
+                # Not tried: the host is backing off for longer than we wait. A URL is
+                # handed back at most retries + 1 times, so that a host that keeps asking
+                # for time cannot hold its shard for long.
+                deferrals += 1
+                if result.no_retry:  # longer than max_retry_after: given up at once
+                    return dataclasses.replace(result, attempts=attempt - 1, retry_at=None)
+                if deferrals > cfg.retries + 1:
+                    msg = f"{result.error_message}; given up after {deferrals - 1} waits"
+                    return dataclasses.replace(
+                        result, error_message=msg, attempts=attempt - 1, retry_at=None
+                    )
+                return dataclasses.replace(result, attempts=attempt - 1, deferrals=deferrals)
+            retryable = not result.no_retry and (
+                result.status in _RETRYABLE
+                or (result.status is Status.HTTP_ERROR and result.http_status in _RETRY_HTTP)
             )
             if not retryable or attempt > cfg.retries:
                 return _with_attempts(result, attempt)
@@ -359,12 +402,25 @@ class Fetcher:
                     ),
                     attempt,
                 )
-            self.sleep(backoff if delay is None else delay)
+            wait = backoff if delay is None else delay
+            if patience is not None and wait > patience:
+                return dataclasses.replace(
+                    _with_attempts(result, attempt),
+                    retry_at=time.monotonic() + wait,
+                    deferrals=deferrals,
+                )
+            self.sleep(wait)
 
     # ---- one attempt: the redirect chain ------------------------------------------------
 
     def _follow(
-        self, url: str, target: _Target, backoff: float, *, robots_txt: bool = False
+        self,
+        url: str,
+        target: _Target,
+        backoff: float,
+        *,
+        robots_txt: bool = False,
+        patience: float | None = None,
     ) -> FetchResult:
         """One attempt at ``url``: its redirect chain under one deadline. ``robots_txt``:
         the chain of a robots.txt, which is not itself checked against robots.txt or
@@ -381,13 +437,13 @@ class Fetcher:
                 return _with_url(address, url)
             if cfg.respect_robots and not robots_txt:
                 checking = time.monotonic()
-                refusal = self._robots_refusal(target)
+                refusal = self._robots_refusal(target, patience)
                 deadline.extend(time.monotonic() - checking)
                 if refusal is not None:
                     return _with_url(refusal, url)
             try:
                 result, location = self._request(
-                    target, address, deadline, backoff, check_opt_out=not robots_txt
+                    target, address, deadline, backoff, robots_txt=robots_txt, patience=patience
                 )
             except _TotalTimeout:
                 return FetchResult(
@@ -463,8 +519,11 @@ class Fetcher:
         key = (target.scheme, target.host, target.port, address)
         conn = conns.pop(key, None)
         if conn is not None and conn.sock is not None:
-            conns[key] = conn
-            return conn, True
+            if not _readable(conn.sock):
+                conns[key] = conn
+                return conn, True
+            conn.close()  # idle, yet readable: closed by the server, or stray bytes on it
+
         timeout = self.config.timeout
         if target.scheme == "https":
             conn = _BoundedTLSConnection(target.host, target.port, address, timeout, self._ssl)
@@ -491,65 +550,120 @@ class Fetcher:
         deadline: _Deadline,
         backoff: float,
         *,
-        check_opt_out: bool = True,
+        robots_txt: bool = False,
+        patience: float | None = None,
     ) -> tuple[FetchResult, str | None]:
         """One GET to the guard-checked address. Returns (result, redirect location or None);
-        raises _TotalTimeout when the attempt's deadline passes."""
+        raises _TotalTimeout when the attempt's deadline passes. ``robots_txt``: the answer is
+        a robots.txt, not checked for X-Robots-Tag and cut at MAX_ROBOTS_BYTES, not refused
+        over max_bytes (RFC 9309 2.5: parse at least the first 500 KiB)."""
+        cfg = self.config
+        max_wait = cfg.max_retry_after if patience is None else min(patience, cfg.max_retry_after)
+        queued = time.monotonic()
+        try:
+            with self.hosts.slot(target.origin, max_wait):
+                deadline.extend(time.monotonic() - queued)
+                return self._request_in_slot(target, checked, deadline, backoff, robots_txt)
+        except HostBackingOff as off:
+            left = off.until - time.monotonic()
+            if left > cfg.max_retry_after:
+                return FetchResult(
+                    Status.HTTP_ERROR,
+                    f"not tried: {target.host_header} asked to back off {left:.0f}s more "
+                    f"({off.reason}), over max_retry_after {cfg.max_retry_after:g}s",
+                    http_status=off.http_status,
+                    no_retry=True,
+                    retry_at=off.until,
+                ), None
+            return FetchResult(
+                Status.HTTP_ERROR,
+                f"{target.host_header} asked to back off ({off.reason})",
+                http_status=off.http_status,
+                retry_at=off.until,
+            ), None
+
+    def _request_in_slot(
+        self,
+        target: _Target,
+        checked: str,
+        deadline: _Deadline,
+        backoff: float,
+        robots_txt: bool,
+    ) -> tuple[FetchResult, str | None]:
         headers = {
             "Host": target.host_header,
             "User-Agent": self.config.user_agent,
             "Accept": "image/avif,image/webp,image/png,image/jpeg,image/*;q=0.8,*/*;q=0.5",
             "Accept-Encoding": "identity",
         }
-        queued = time.monotonic()
-        with self.hosts.slot(target.origin):
-            deadline.extend(time.monotonic() - queued)
-            for fresh_try in range(2):
-                conn, reused = self._connection(target, checked)
-                conn.deadline = deadline
+        for fresh_try in range(2):
+            conn, reused = self._connection(target, checked)
+            conn.deadline = deadline
+            try:
                 try:
-                    try:
-                        if conn.sock is not None:
-                            conn.sock.settimeout(conn.budget())
-                        conn.request("GET", target.path, headers=headers)
-                        resp = conn.getresponse()
-                    except TimeoutError:
-                        if deadline.remaining() <= 0:
-                            raise _TotalTimeout from None
-                        raise
-                except _TotalTimeout:
-                    self._drop(conn)
-                    raise
-                except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
-                    self._drop(conn)
-                    if reused and fresh_try == 0:
-                        continue  # the server closed an idle keep-alive connection: not a failure
-                    return FetchResult(Status.CONNECTION_ERROR, f"{type(e).__name__}: {e}"), None
+                    if conn.sock is not None:
+                        conn.sock.settimeout(conn.budget())
+                    conn.request("GET", target.path, headers=headers)
+                    resp = conn.getresponse()
                 except TimeoutError:
-                    self._drop(conn)
-                    return FetchResult(
-                        Status.TIMEOUT, f"no answer within {conn.idle_timeout:g}s"
-                    ), None
-                except (OSError, http.client.HTTPException) as e:
-                    self._drop(conn)
-                    return FetchResult(Status.CONNECTION_ERROR, f"{type(e).__name__}: {e}"), None
-                if resp.status in _OVERLOADED:
-                    # Back off the whole host, not only this URL, and before the slot is
-                    # released: no request to it may start inside the window.
-                    wait = _retry_after_seconds(resp.getheader("Retry-After"))
-                    wait = backoff if wait is None else wait
-                    self.hosts.defer(target.origin, min(wait, self.config.max_retry_after))
-                try:
-                    return self._read_response(conn, resp, check_opt_out)
-                except _TotalTimeout:
-                    self._drop(conn)
+                    if deadline.remaining() <= 0:
+                        raise _TotalTimeout from None
                     raise
-            raise AssertionError("unreachable")
+            except _TotalTimeout:
+                self._drop(conn)
+                raise
+            except (
+                http.client.RemoteDisconnected,
+                http.client.BadStatusLine,
+                BrokenPipeError,
+                ConnectionResetError,
+            ) as e:
+                self._drop(conn)
+                if reused and fresh_try == 0:
+                    # The server closed an idle keep-alive connection, or left stray bytes
+                    # on it after its last answer: not this URL's failure. A GET is
+                    # idempotent; ask again once on a fresh connection, as urllib3 does.
+                    continue
+                return FetchResult(Status.CONNECTION_ERROR, f"{type(e).__name__}: {e}"), None
+            except ssl.SSLCertVerificationError as e:
+                self._drop(conn)
+                return FetchResult(
+                    Status.CONNECTION_ERROR,
+                    f"TLS certificate of {target.host} not trusted (not retried): "
+                    f"{type(e).__name__}: {e}",
+                    no_retry=True,
+                ), None
+            except TimeoutError:
+                self._drop(conn)
+                return FetchResult(Status.TIMEOUT, f"no answer within {conn.idle_timeout:g}s"), None
+            except (OSError, http.client.HTTPException) as e:
+                self._drop(conn)
+                return FetchResult(Status.CONNECTION_ERROR, f"{type(e).__name__}: {e}"), None
+            if resp.status in _OVERLOADED:
+                # Back off the whole host, not only this URL, and before the slot is
+                # released: no request to it may start inside the window. A longer
+                # back-off than max_retry_after fails the host's URLs untried meanwhile.
+                header = resp.getheader("Retry-After")
+                wait = _retry_after_seconds(header)
+                why = f"HTTP {resp.status} {resp.reason or ''}".strip()
+                if wait is None:
+                    wait = backoff
+                    why += f", backing off {wait:.1f}s"
+                else:
+                    why += f", Retry-After {header.strip()}"  # type: ignore[union-attr]
+                self.hosts.defer(target.origin, wait, why, resp.status)
+            try:
+                return self._read_response(conn, resp, robots_txt)
+            except _TotalTimeout:
+                self._drop(conn)
+                raise
+        raise AssertionError("unreachable")
 
     def _read_response(
-        self, conn: _Bounded, resp: http.client.HTTPResponse, check_opt_out: bool
+        self, conn: _Bounded, resp: http.client.HTTPResponse, robots_txt: bool
     ) -> tuple[FetchResult, str | None]:
-        cfg = self.config
+        check_opt_out = not robots_txt
+        limit = MAX_ROBOTS_BYTES if robots_txt else self.config.max_bytes
         code = resp.status
         ctype = resp.getheader("Content-Type")
         # Transfer-Encoding overrides Content-Length (RFC 9112 6.3), as in http.client.
@@ -591,11 +705,11 @@ class Fetcher:
                 http_status=code,
                 content_type=ctype,
             ), None
-        if length is not None and length > cfg.max_bytes:
+        if length is not None and length > limit and not robots_txt:
             self._drop(conn)
             return FetchResult(
                 Status.TOO_LARGE,
-                f"Content-Length {length} > max_bytes {cfg.max_bytes}",
+                f"Content-Length {length} > max_bytes {limit}",
                 http_status=code,
                 content_type=ctype,
             ), None
@@ -607,15 +721,24 @@ class Fetcher:
                 if not chunk:
                     break
                 size += len(chunk)
-                if size > cfg.max_bytes:
+                chunks.append(chunk)
+                if size > limit:
                     self._drop(conn)
+                    if robots_txt:  # its first MAX_ROBOTS_BYTES are the rules
+                        return self._decoded(
+                            b"".join(chunks),
+                            resp.getheader("Content-Encoding"),
+                            code,
+                            ctype,
+                            limit,
+                            cut=True,
+                        ), None
                     return FetchResult(
                         Status.TOO_LARGE,
-                        f"body exceeds max_bytes {cfg.max_bytes} (streamed)",
+                        f"body exceeds max_bytes {limit} (streamed)",
                         http_status=code,
                         content_type=ctype,
                     ), None
-                chunks.append(chunk)
         except http.client.IncompleteRead as e:
             self._drop(conn)
             got = size + len(e.partial)
@@ -629,7 +752,7 @@ class Fetcher:
             self._drop(conn)
             return FetchResult(
                 Status.TIMEOUT,
-                f"body stalled for {cfg.timeout:g}s after {size} bytes",
+                f"body stalled for {self.config.timeout:g}s after {size} bytes",
                 http_status=code,
             ), None
         except (OSError, http.client.HTTPException) as e:
@@ -649,19 +772,28 @@ class Fetcher:
                 http_status=code,
             ), None
         return self._decoded(
-            b"".join(chunks), resp.getheader("Content-Encoding"), code, ctype
+            b"".join(chunks), resp.getheader("Content-Encoding"), code, ctype, limit, robots_txt
         ), None
 
     def _decoded(
-        self, body: bytes, coding: str | None, code: int, ctype: str | None
+        self,
+        body: bytes,
+        coding: str | None,
+        code: int,
+        ctype: str | None,
+        limit: int,
+        cut: bool = False,
     ) -> FetchResult:
         """The body without the content coding a server applied although we asked for
-        identity: gzip and deflate are undone (capped at max_bytes, so a compression bomb
-        is too_large), any other coding is named instead of passing on bytes no one reads."""
+        identity: gzip and deflate are undone (capped at ``limit``, so a compression bomb
+        is too_large), any other coding is named instead of passing on bytes no one reads.
+        ``cut``: a body over ``limit`` is cut to it instead (a robots.txt's prefix is its
+        rules; ``body`` may then be a prefix too, so a stream cut short is fine)."""
         coding = (coding or "").strip().lower()
         if coding in ("", "identity"):
-            return FetchResult(Status.SUCCESS, data=body, http_status=code, content_type=ctype)
-        limit = self.config.max_bytes
+            return FetchResult(
+                Status.SUCCESS, data=body[:limit], http_status=code, content_type=ctype
+            )
         if coding not in _DECODED_CODINGS:
             return FetchResult(
                 Status.NOT_IMAGE,
@@ -676,22 +808,18 @@ class Fetcher:
         )
         error = ""
         for wbits in attempts:
-            decoder = zlib.decompressobj(wbits)
             try:
-                data = decoder.decompress(body, limit + 1)
+                data = _inflate(body, wbits, limit, prefix_ok=cut)
             except zlib.error as e:
                 error = str(e)
                 continue
-            if len(data) > limit or decoder.unconsumed_tail:
+            if data is None:
                 return FetchResult(
                     Status.TOO_LARGE,
                     f"body exceeds max_bytes {limit} once its Content-Encoding {coding} is undone",
                     http_status=code,
                     content_type=ctype,
                 )
-            if not decoder.eof:
-                error = "the compressed stream is cut short"
-                continue
             return FetchResult(Status.SUCCESS, data=data, http_status=code, content_type=ctype)
         return FetchResult(
             Status.NOT_IMAGE,
@@ -736,8 +864,11 @@ class Fetcher:
 
     # ---- robots.txt ----------------------------------------------------------------------
 
-    def _robots_refusal(self, target: _Target) -> FetchResult | None:
-        rules = self.robots.get(target.origin, lambda: self._fetch_robots(target))
+    def _robots_refusal(self, target: _Target, patience: float | None) -> FetchResult | None:
+        try:
+            rules = self.robots.get(target.origin, lambda: self._fetch_robots(target, patience))
+        except _RobotsNotYet as later:
+            return later.result  # the URL waits for its host's robots.txt, uncached
         if rules.allows(self._ua_token, f"{target.origin}{target.path}"):
             return None
         if rules.unreachable is not None:
@@ -746,12 +877,18 @@ class Fetcher:
             why = f"robots.txt of {target.host_header} disallows {target.path}"
         return FetchResult(Status.OPT_OUT, why)
 
-    def _fetch_robots(self, target: _Target) -> RobotsRules:
+    def _fetch_robots(self, target: _Target, patience: float | None = None) -> RobotsRules:
         """RFC 9309: redirects followed (five), retried as any fetch; a complete 200 body is
-        the rules, a 4xx other than 429 means none, anything else is unreachable."""
+        the rules, a 4xx other than 429 means none, anything else is unreachable. A wait
+        longer than ``patience`` raises _RobotsNotYet, with no verdict kept."""
         robots = _Target(target.scheme, target.host, target.port, "/robots.txt")
         url = f"{target.scheme}://{target.host_header}/robots.txt"
-        result = self._retrying(lambda backoff: self._follow(url, robots, backoff, robots_txt=True))
+        result = self._retrying(
+            lambda backoff: self._follow(url, robots, backoff, robots_txt=True, patience=patience),
+            patience=patience,
+        )
+        if result.retry_at is not None:
+            raise _RobotsNotYet(result)
         if result.ok:
             return rules_from_answer(200, result.data)
         code = result.http_status or 0
@@ -763,6 +900,55 @@ class Fetcher:
         if result.status is not Status.HTTP_ERROR:
             why = f"{result.status.value}: {why}"
         return RobotsRules.unreachable_because(why)
+
+
+def _inflate(body: bytes, wbits: int, limit: int, *, prefix_ok: bool = False) -> bytes | None:
+    """``body`` decompressed, every member of a multi-member gzip stream (RFC 1952 2.2) in
+    turn; None past ``limit`` bytes, or its first ``limit`` bytes when ``prefix_ok`` (a cut
+    stream is then fine too). Raises zlib.error for a stream that does not decode, is cut
+    short, or is followed by anything but another member or padding."""
+    out: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        data = decoder.decompress(rest, limit + 1 - size)
+        out.append(data)
+        size += len(data)
+        if size > limit or decoder.unconsumed_tail:
+            return b"".join(out)[:limit] if prefix_ok else None
+        if not decoder.eof:
+            if prefix_ok:
+                return b"".join(out)
+            raise zlib.error("the compressed stream is cut short")
+        rest = decoder.unused_data
+        if not rest.strip(b"\0\t\n\r "):
+            return b"".join(out)
+        if not rest.startswith(b"\x1f\x8b") or wbits < 0:
+            raise zlib.error(f"{len(rest)} bytes of other data after the compressed stream")
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle connection has something to read: an EOF or bytes no request asked
+    for (urllib3's is_connection_dropped). Either way it cannot carry the next request."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)
+
+
+class _RobotsNotYet(Exception):
+    def __init__(self, result: FetchResult) -> None:
+        super().__init__(result.error_message)
+        self.result = dataclasses.replace(
+            result,
+            error_message=f"robots.txt not read yet: {result.error_message}",
+            attempts=0,
+            deferrals=0,
+        )
 
 
 def _with_attempts(result: FetchResult, attempts: int) -> FetchResult:

@@ -9,7 +9,9 @@ every process of a run, and a resumed run, share one fetch per host.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import re
 import threading
 import time
@@ -23,6 +25,7 @@ MAX_ROBOTS_BYTES = 512_000
 MAX_AGE_S = 24 * 3600
 UNREACHABLE_MAX_AGE_S = 600.0
 _DISALLOW_ALL = "User-agent: *\nDisallow: /\n"
+_CLOCK_SKEW_S = 300.0  # a saved fetched_at later than now by more than this is not trusted
 
 
 class RobotsRules:
@@ -81,19 +84,33 @@ class RobotsCache:
         return self.directory / (re.sub(r"[^A-Za-z0-9.-]+", "_", origin) + ".json")
 
     def _load(self, origin: str) -> RobotsRules | None:
+        """The rules saved on disk, or None when there are none usable: a damaged, hand-edited
+        or stale file is treated as absent, and robots.txt is fetched again."""
         path = self._path(origin)
         if path is None or not path.is_file():
             return None
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
-            text = saved["rules"]
-            unreachable = saved.get("unreachable")
-            if "unreachable" not in saved and text == _DISALLOW_ALL:
-                # Written before verdicts were marked: most likely an unreachable one.
-                unreachable = "not readable in an earlier run"
-            rules = RobotsRules(text, unreachable, float(saved.get("fetched_at", 0)))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, RecursionError):
             return None
+        if not isinstance(saved, dict):
+            return None
+        text = saved.get("rules")
+        unreachable = saved.get("unreachable")
+        fetched_at = saved.get("fetched_at", 0)
+        if (
+            not isinstance(text, str)
+            or not (unreachable is None or isinstance(unreachable, str))
+            or isinstance(fetched_at, bool)
+            or not isinstance(fetched_at, int | float)
+            or not math.isfinite(fetched_at)
+            or fetched_at > time.time() + _CLOCK_SKEW_S  # a copy from the future: not trusted
+        ):
+            return None
+        if "unreachable" not in saved and text == _DISALLOW_ALL:
+            # Written before verdicts were marked: most likely an unreachable one.
+            unreachable = "not readable in an earlier run"
+        rules = RobotsRules(text, unreachable, float(fetched_at))
         return rules if self._fresh(rules) else None
 
     def _save(self, origin: str, rules: RobotsRules) -> None:
@@ -106,8 +123,10 @@ class RobotsCache:
             "rules": rules.text,
             "unreachable": rules.unreachable,
         }
-        # A cache: a copy lost in a crash is fetched again, so no fsync.
-        write_text_atomic(path, json.dumps(saved), fsync=False)
+        # A cache: a copy lost in a crash is fetched again, so no fsync; one that cannot be
+        # written (a full disk, a path taken by a file) leaves the rules in memory only.
+        with contextlib.suppress(OSError):
+            write_text_atomic(path, json.dumps(saved), fsync=False)
 
     def get(
         self,

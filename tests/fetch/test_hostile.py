@@ -236,7 +236,21 @@ ROBOTS_CASES = {
         lambda h: h.answer(200, [("Content-Length", "500")], RULES),
         ("unreachable (connection_error: truncated body",) * 2,
     ),
-    "oversized": (lambda h: h.answer(200, [], RULES * 100), ("unreachable (too_large",) * 2),
+    # RFC 9309 2.5: at least the first 500 KiB are parsed, whatever max_bytes allows images.
+    "over_max_bytes": (lambda h: h.answer(200, [], RULES * 100), (None, "disallows /private/x")),
+    "over_500_kib": (
+        lambda h: h.answer(200, [], RULES + b"#" * 600_000 + b"\nDisallow: /ok.png\n"),
+        (None, "disallows /private/x"),
+    ),
+    "over_500_kib_chunked": (
+        lambda h: h.answer(
+            200,
+            [("Transfer-Encoding", "chunked")],
+            b"%x\r\n" % 700_000 + RULES + b"#" * (700_000 - len(RULES)) + b"\r\n0\r\n\r\n",
+            length=False,
+        ),
+        (None, "disallows /private/x"),
+    ),
     "stall": (_stall, ("unreachable (timeout",) * 2),
 }
 
@@ -310,3 +324,202 @@ def test_the_robots_cache_waits_for_one_fetch_per_origin() -> None:
         t.join()
     assert len(calls) == 1
     assert not cache.get("http://h:80", fetch).allows("wit-builder", "http://h:80/private/x")
+
+
+def test_a_gzip_body_of_several_members_is_decoded_whole_or_refused() -> None:
+    two = gzip.compress(PNG[:50]) + gzip.compress(PNG[50:])  # RFC 1952 2.2: members in turn
+    routes = {
+        "/two.png": lambda h: h.answer(200, [("Content-Encoding", "gzip")], two),
+        "/padded.png": lambda h: h.answer(200, [("Content-Encoding", "gzip")], two + b"\0\0\n"),
+        "/junk.png": lambda h: h.answer(200, [("Content-Encoding", "gzip")], two + b"JUNK"),
+        "/many.png": lambda h: h.answer(
+            200, [("Content-Encoding", "gzip")], gzip.compress(b"\0" * 500) * 20
+        ),
+    }
+    with serve(routes) as web:
+        fetcher = _fetcher(max_bytes=7_000)  # each member's 500 bytes fit, all 10,000 do not
+        whole, padded, junk, many = (
+            fetcher.fetch(web.origin + p)
+            for p in ("/two.png", "/padded.png", "/junk.png", "/many.png")
+        )
+    assert whole.status is Status.SUCCESS and whole.data == PNG
+    assert padded.status is Status.SUCCESS and padded.data == PNG
+    assert junk.status is Status.NOT_IMAGE and "4 bytes of other data" in junk.error_message
+    # max_bytes caps the members together, not each one.
+    assert many.status is Status.TOO_LARGE and "Content-Encoding gzip" in many.error_message
+
+
+# ---- keep-alive connections -----------------------------------------------------------------
+
+
+def test_stray_bytes_or_a_close_on_an_idle_connection_do_not_fail_the_next_url() -> None:
+    def with_junk(h: RawHandler) -> None:
+        h.answer(200, [], b"hello", keep_alive=True, extra=b"JUNK")  # longer than announced
+
+    def junk_later(h: RawHandler) -> None:
+        h.answer(200, [], b"hello", keep_alive=True)
+        time.sleep(0.1)
+        h.wfile.write(b"JUNKJUNK")
+        h.wfile.flush()
+
+    def kept(h: RawHandler) -> None:
+        h.answer(200, [("Content-Type", "image/png")], PNG, keep_alive=True)
+
+    routes = {"/junk": with_junk, "/later": junk_later, "/ok.png": kept}
+    for first in ("/junk", "/later", "/ok.png"):
+        with serve(routes) as web:
+            fetcher = _fetcher()  # retries=0: the next URL has one attempt
+            assert fetcher.fetch(web.origin + first).ok
+            time.sleep(0.3)
+            results = [fetcher.fetch(web.origin + "/ok.png") for _ in range(3)]
+            fetcher.close()
+            connections = web.connections
+        assert [r.status for r in results] == [Status.SUCCESS] * 3, results[0].error_message
+        assert all(r.attempts == 1 for r in results)
+        # A connection that cannot carry a request is replaced; a clean one is reused.
+        assert connections == {"/later": 2, "/ok.png": 1}.get(first, connections)
+
+
+# ---- TLS ------------------------------------------------------------------------------------
+
+
+def _self_signed_server_context(tmp_path: Path):
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "cert.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = tmp_path / "key.pem"
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem, key_pem)
+    return context, pem
+
+
+def test_an_untrusted_certificate_is_not_retried(tmp_path: Path) -> None:
+    import ssl
+
+    context, pem = _self_signed_server_context(tmp_path)
+    kept = lambda h: h.answer(200, [("Content-Type", "image/png")], PNG, keep_alive=True)  # noqa: E731
+    with serve({"/ok.png": kept}, tls=context) as web:
+        fetcher = _fetcher(retries=2, backoff_base=0.01)
+        waits: list[float] = []
+        fetcher.sleep = waits.append
+        refused = fetcher.fetch(web.origin + "/ok.png")
+        # The same server, its certificate trusted: fetched, over one kept connection.
+        trusting = _fetcher()
+        trusting._ssl = ssl.create_default_context(cafile=str(pem))
+        connections_before = web.connections
+        trusted = [trusting.fetch(web.origin + "/ok.png") for _ in range(3)]
+        trusting.close()
+        trusted_connections = web.connections - connections_before
+    assert refused.status is Status.CONNECTION_ERROR and refused.attempts == 1 and waits == []
+    assert "certificate" in refused.error_message and "not retried" in refused.error_message
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.error_message
+    assert [r.status for r in trusted] == [Status.SUCCESS] * 3
+    assert trusted_connections == 1
+
+
+# ---- the robots.txt cache on disk -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        '{"rules": null, "fetched_at": NOW}',
+        '{"rules": 5, "fetched_at": NOW}',
+        '{"rules": ["Disallow: /"], "fetched_at": NOW}',
+        '{"rules": "", "unreachable": 7, "fetched_at": NOW}',
+        '{"rules": "", "fetched_at": "NOW"}',
+        "[" * 100_000 + "]" * 100_000,
+        # Written "in the future" (or never expiring): not trusted, fetched again.
+        '{"rules": "User-agent: *\\nDisallow: /\\n", "fetched_at": Infinity}',
+        '{"rules": "User-agent: *\\nDisallow: /\\n", "fetched_at": NaN}',
+        '{"rules": "User-agent: *\\nDisallow: /\\n", "fetched_at": FUTURE}',
+    ],
+)
+def test_a_damaged_robots_cache_file_is_fetched_again(saved: str, tmp_path: Path) -> None:
+    config = FetchConfig(allow_networks=("127.0.0.0/8",), respect_robots=True, retries=0)
+    with serve({"/robots.txt": _rules, "/ok.png": _image}) as web:
+        path = tmp_path / ("http_127.0.0.1_" + web.origin.rsplit(":", 1)[1] + ".json")
+        now = time.time()
+        path.write_text(saved.replace("NOW", str(now)).replace("FUTURE", str(now + 1e9)))
+        fetcher = Fetcher(config, robots=RobotsCache(tmp_path))
+        results = [fetcher.fetch(web.origin + p) for p in ("/ok.png", "/private/x.png")]
+        hits = web.hits.get("/robots.txt", 0)
+    assert results[0].status is Status.SUCCESS, results[0].error_message
+    assert results[1].status is Status.OPT_OUT and "disallows" in results[1].error_message
+    assert hits == 1
+    assert json.loads(path.read_text())["rules"] == RULES.decode()  # replaced
+
+
+@pytest.mark.parametrize("blocked", ["directory_is_a_file", "file_is_a_directory"])
+def test_an_unwritable_robots_cache_keeps_the_rules_in_memory(blocked: str, tmp_path: Path) -> None:
+    config = FetchConfig(allow_networks=("127.0.0.0/8",), respect_robots=True, retries=0)
+    with serve({"/robots.txt": _rules, "/ok.png": _image}) as web:
+        cache_dir = tmp_path / "_robots"
+        if blocked == "directory_is_a_file":
+            cache_dir.write_text("")
+        else:
+            name = "http_127.0.0.1_" + web.origin.rsplit(":", 1)[1] + ".json"
+            (cache_dir / name).mkdir(parents=True)
+        fetcher = Fetcher(config, robots=RobotsCache(cache_dir))
+        paths = ("/ok.png", "/private/x.png", "/ok.png?again")
+        results = [fetcher.fetch(web.origin + p) for p in paths]
+        hits = web.hits.get("/robots.txt", 0)
+    assert [r.status for r in results] == [Status.SUCCESS, Status.OPT_OUT, Status.SUCCESS]
+    assert hits == 1 and fetcher.robots.fetches == 1
+
+
+def test_with_patience_a_long_wait_is_handed_back_and_resumed() -> None:
+    def limited(h: RawHandler) -> None:
+        if h.hit_count() == 1:
+            h.answer(503, [("Retry-After", "1")])
+        else:
+            _image(h)
+
+    with serve({"/limited.png": limited, "/ok.png": _image}) as web:
+        fetcher = _fetcher(retries=1)
+        waits: list[float] = []
+        fetcher.sleep = waits.append
+        url = web.origin + "/limited.png"
+        first = fetcher.fetch(url, patience=0.5)
+        # Another URL of the host is handed back untried, with the host's not-before time.
+        other = fetcher.fetch(web.origin + "/ok.png", patience=0.5)
+        assert web.hits.get("/ok.png") is None
+        time.sleep(max(0.0, first.retry_at - time.monotonic()))
+        done = fetcher.fetch(url, patience=0.5, resume=first)
+    assert first.retry_at is not None and first.attempts == 1 and first.http_status == 503
+    assert abs(other.retry_at - first.retry_at) < 0.1 and other.attempts == 0
+    assert "Retry-After 1" in other.error_message
+    assert done.ok and done.attempts == 2 and done.retry_at is None
+    assert waits == []  # no thread slept for it
