@@ -733,6 +733,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
     exclude = load_exclusions(args.exclude or [], plan.shards)
     samples_in_shards = plan.samples
     plan = plan.excluding(exclude)  # the epoch counts the samples left to train on
+    dealing = plan.digest(exclude)  # recorded with every checkpoint: computed once
     accum = args.accum_freq
     per_epoch = plan.batches_per_epoch(args.batch_size) // accum  # optimizer steps
     if args.epochs:
@@ -793,7 +794,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
         same_order = (
             position.batches_per_epoch in (None, per_epoch * accum)
             and position.world_size in (None, world_size)
-            and position.dealing in (None, plan.digest(exclude))
+            and position.dealing in (None, dealing)
         )
         mid_epoch = bool(start_batch % (per_epoch * accum))
         if not same_order:
@@ -1111,7 +1112,7 @@ def _train(args: argparse.Namespace, rank: int, world_size: int) -> dict[str, An
                             taken_readers if in_epoch else readers,
                             [m for m, _ in shared] if in_epoch else None,
                             world_size,
-                            plan.digest(exclude),
+                            dealing,
                         ),
                         accum=accum,
                         schedule={"warmup": args.warmup, "total": total_steps},

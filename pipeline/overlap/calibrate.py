@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.overlap.detectors import Detector, embed_many
+from pipeline.overlap.detectors import Detector, embed_many, png_bytes, stack_codes
 from pipeline.overlap.evalsets import EvalSet
-from pipeline.overlap.search import knn
+from pipeline.overlap.search import knn, similarity
 from pipeline.overlap.transforms import TransformSpec, transform
 
 
@@ -101,10 +101,7 @@ def plant_copies(
         if code is not None:
             codes.append(code)
             ok.append(r)
-    dtype = np.uint8 if detector.kind == "binary" else np.float32
-    width = detector.dim // 8 if detector.kind == "binary" else detector.dim
-    arr = np.stack(codes).astype(dtype) if codes else np.zeros((0, width), dtype)
-    return arr, np.array(ok, dtype=np.int64)
+    return stack_codes(detector, codes), np.array(ok, dtype=np.int64)
 
 
 def calibrate(
@@ -171,10 +168,10 @@ def calibrate(
 
 def pair_scores(a: np.ndarray, b: np.ndarray, detector: Detector) -> np.ndarray:
     """The similarity of each code in ``a`` to the code in the same row of ``b``."""
-    if detector.kind == "binary":
+    if detector.kind == "binary":  # as FAISS's Hamming distances, through one conversion
         bits = np.unpackbits(a ^ b, axis=1).sum(axis=1) if len(a) else np.zeros(0)
-        return (1.0 - bits / detector.dim).astype(np.float32)
-    return np.einsum("ij,ij->i", a, b).astype(np.float32)
+        return similarity(bits, "binary", detector.dim)
+    return similarity(np.einsum("ij,ij->i", a, b), "float", detector.dim)
 
 
 # ---- the false-match rate at the training set's size: mirrored decoys -------------------
@@ -217,28 +214,20 @@ def make_decoys(
 ) -> Decoys:
     """Mirror images of up to ``count`` decodable items of ``eval_set`` (a seeded sample),
     without those whose mirror image scores ``floor`` or more to the item itself."""
-    import io
-
     from PIL import ImageOps
 
     candidates = np.flatnonzero(valid)
     rng = random.Random(f"{seed}:{eval_set.name}:decoys")
     m = min(count, len(candidates))
     rows = np.array(sorted(rng.sample(list(candidates), m)), dtype=np.int64)
-    encoded = []
-    for r in rows:
-        buf = io.BytesIO()
-        ImageOps.mirror(eval_set.images.image(int(r)).convert("RGB")).save(buf, "PNG")
-        encoded.append(buf.getvalue())
+    encoded = [
+        png_bytes(ImageOps.mirror(eval_set.images.image(int(r)).convert("RGB"))) for r in rows
+    ]
     got = [
         (r, c) for r, c in zip(rows, embed_many(detector, encoded), strict=True) if c is not None
     ]
-    dtype = np.uint8 if detector.kind == "binary" else np.float32
-    width = detector.dim // 8 if detector.kind == "binary" else detector.dim
-    if not got:
-        return Decoys(np.zeros((0, width), dtype), np.zeros(0, np.int64), 0)
     src = np.array([r for r, _ in got], dtype=np.int64)
-    mirrored = np.stack([c for _, c in got]).astype(dtype)
+    mirrored = stack_codes(detector, [c for _, c in got])
     keep = pair_scores(codes[src], mirrored, detector) < floor
     return Decoys(mirrored[keep], src[keep], int((~keep).sum()))
 

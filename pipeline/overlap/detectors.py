@@ -158,6 +158,26 @@ def decode_for_hash(data: bytes, min_side: int) -> Image.Image | None:
         return None
 
 
+def png_bytes(img: Image.Image) -> bytes:
+    """An image as PNG (lossless): how a decoded image reaches embed_many."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def code_layout(detector: Detector) -> tuple[int, type]:
+    """(width, dtype) of one code: packed bits as uint8, or a float32 vector."""
+    if detector.kind == "binary":
+        return detector.dim // 8, np.uint8
+    return detector.dim, np.float32
+
+
+def stack_codes(detector: Detector, codes: Sequence[np.ndarray]) -> np.ndarray:
+    """Codes as one (n, width) array in the detector's dtype; (0, width) for none."""
+    width, dtype = code_layout(detector)
+    return np.stack(codes).astype(dtype) if len(codes) else np.zeros((0, width), dtype)
+
+
 def embed_many(detector: Detector, images: Sequence[bytes]) -> list[np.ndarray | None]:
     """Codes of encoded images, in batches where the detector can (embedding detectors)."""
     batch = getattr(detector, "embed_bytes_batch", None)

@@ -11,7 +11,6 @@ in, so a rerun into the same --out leaves nothing of an older run's set folders.
 from __future__ import annotations
 
 import functools
-import io
 import math
 import os
 import re
@@ -27,7 +26,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
 from pipeline.config import ConfigError
 from pipeline.overlap import report as rep
@@ -41,7 +39,13 @@ from pipeline.overlap.calibrate import (
     threshold_at_scale,
 )
 from pipeline.overlap.config import OverlapConfig
-from pipeline.overlap.detectors import Detector, embed_many, make_detector
+from pipeline.overlap.detectors import (
+    Detector,
+    code_layout,
+    embed_many,
+    make_detector,
+    png_bytes,
+)
 from pipeline.overlap.evalsets import EvalSet, EvalSetError, EvalSpec, load_eval_set
 from pipeline.overlap.predictions import NO_ANSWER, PredictionsError, read_predictions
 from pipeline.overlap.search import (
@@ -254,8 +258,7 @@ def zeroshot_predictions(
 
 def embed_eval_set(eval_set: EvalSet, detector: Detector) -> tuple[np.ndarray, np.ndarray]:
     """Codes of every item, and which items could be decoded (the others stay unsearched)."""
-    width = detector.dim // 8 if detector.kind == "binary" else detector.dim
-    dtype = np.uint8 if detector.kind == "binary" else np.float32
+    width, dtype = code_layout(detector)
     codes = np.zeros((len(eval_set), width), dtype)
     valid = np.zeros(len(eval_set), bool)
     if detector.kind == "float":
@@ -265,7 +268,7 @@ def embed_eval_set(eval_set: EvalSet, detector: Detector) -> tuple[np.ndarray, n
             datas = []
             for i in rows:
                 data = eval_set.images.encoded(i)
-                datas.append(_png(eval_set.images.image(i)) if data is None else data)
+                datas.append(png_bytes(eval_set.images.image(i)) if data is None else data)
             for i, code in zip(rows, embed_many(detector, datas), strict=True):
                 if code is not None:
                     codes[i] = code
@@ -281,12 +284,6 @@ def embed_eval_set(eval_set: EvalSet, detector: Detector) -> tuple[np.ndarray, n
             codes[i] = code
             valid[i] = True
     return codes, valid
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _search(
